@@ -1,0 +1,213 @@
+"""Sampling from a `Transformer`: greedy, temperature, top-k, top-p, stop tokens and strings.
+
+Prompts of different lengths are left-padded into one batch; each row keeps its own rotary
+positions and never attends to its padding, so a batch produces the same tokens as the
+prompts one at a time. The prompt is run once (prefill) into a preallocated KV cache, then
+one token per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import Transformer
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 means greedy. The reference chat uses 0.6 / top-p 0.9 (SPEC §4)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_tokens: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+def chat_sampling(max_seq_len: int, **overrides) -> SamplingParams:
+    """Defaults of Meta's reference chat (SPEC §4): T 0.6, top-p 0.9, max_seq_len - 1 new tokens."""
+    return SamplingParams(**{"temperature": 0.6, "top_p": 0.9, "max_new_tokens": max_seq_len - 1, **overrides})
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # generated ids, the stop token excluded
+    finish_reason: str  # "stop" (EOS, stop token or stop string) or "length"
+    text: str | None = None  # decoded, cut before a stop string (when a tokenizer is given)
+    logprobs: list[float] = field(default_factory=list)  # log-prob of each generated token
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of logits [B, V]."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p.
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > params.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_steps(
+    model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next tokens [B], their log-probs [B]) once per step; the caller decides when to stop.
+
+    Stops by itself after max_new_tokens or when the context (max_seq_len) is full.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    device = model.output.weight.device
+    lengths = [len(p) for p in prompts]
+    longest = max(lengths)
+    total = min(model.args.max_seq_len, longest + params.max_new_tokens)
+    if longest >= model.args.max_seq_len:
+        raise ValueError(f"prompt of {longest} tokens leaves no room in max_seq_len {model.args.max_seq_len}")
+    B = len(prompts)
+    pad = torch.tensor([longest - n for n in lengths], device=device)
+    tokens = torch.zeros(B, longest, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+    slots = torch.arange(total, device=device)
+    padded = bool(pad.any())
+    key_mask = slots.unsqueeze(0) >= pad.unsqueeze(1) if padded else None
+    positions = (slots.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0) if padded else None
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+
+    model.setup_cache(B, total)
+    try:
+        cur, step_tokens = 0, tokens
+        for _ in range(total - longest):
+            end = cur + step_tokens.shape[1]
+            logits = model(
+                step_tokens,
+                cur,
+                positions=None if positions is None else positions[:, cur:end],
+                key_mask=None if key_mask is None else key_mask[:, :end],
+            )[:, -1].float()
+            next_tokens = sample_next(logits, params, generator)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, next_tokens[:, None]).squeeze(-1)
+            yield next_tokens, logprobs
+            cur, step_tokens = end, next_tokens[:, None]
+    finally:
+        model.clear_cache()
+
+
+def generate(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    *,
+    tokenizer=None,
+    eos_id: int | None = None,
+) -> list[Completion]:
+    """Generate for a batch of token prompts. EOS (the tokenizer's unless `eos_id` is given) and
+    `params.stop_tokens` end a row; `params.stop_strings` need a tokenizer to be recognised."""
+    params = params or SamplingParams()
+    if params.stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    stops = set(params.stop_tokens)
+    if eos_id is None and tokenizer is not None:
+        eos_id = tokenizer.eos_id
+    if eos_id is not None and eos_id >= 0:
+        stops.add(eos_id)
+    out = [Completion(tokens=[], finish_reason="length") for _ in prompts]
+    active = [True] * len(prompts)
+    for next_tokens, logprobs in generate_steps(model, prompts, params):
+        for row, (token, logprob) in enumerate(zip(next_tokens.tolist(), logprobs.tolist())):
+            if not active[row]:
+                continue
+            completion = out[row]
+            if token in stops:
+                completion.finish_reason, active[row] = "stop", False
+                continue
+            completion.tokens.append(token)
+            completion.logprobs.append(logprob)
+            if params.stop_strings and _cut_at_stop_string(completion, tokenizer, params.stop_strings):
+                completion.finish_reason, active[row] = "stop", False
+        if not any(active):
+            break
+    if tokenizer is not None:
+        for completion in out:
+            if completion.text is None:
+                completion.text = tokenizer.decode(completion.tokens)
+    return out
+
+
+def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequence[str]) -> bool:
+    text = tokenizer.decode(completion.tokens)
+    hits = [text.find(s) for s in stop_strings if s and s in text]
+    if not hits:
+        return False
+    completion.text = text[: min(hits)]
+    return True
+
+
+def stream_text(
+    model: Transformer, tokenizer, prompt: Sequence[int], params: SamplingParams | None = None
+) -> Iterator[str]:
+    """Stream the reply to one prompt as text pieces, stopping at EOS, stop tokens or strings.
+
+    Text is released only once it is final: a piece whose bytes are incomplete (a
+    multi-byte character split across byte tokens) or that could still be the start of a
+    stop string is held back until the next tokens decide it.
+    """
+    params = params or SamplingParams()
+    stops = set(params.stop_tokens) | {tokenizer.eos_id}
+    generated: list[int] = []
+    sent = 0
+    for next_tokens, _ in generate_steps(model, [prompt], params):
+        token = int(next_tokens[0])
+        if token in stops:
+            break
+        generated.append(token)
+        text = tokenizer.decode(generated)
+        cut = min((text.find(s) for s in params.stop_strings if s and s in text), default=-1)
+        if cut >= 0:
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        safe = len(text) - _held_back(text, params.stop_strings)
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    text = tokenizer.decode(generated)
+    if len(text) > sent:
+        yield text[sent:]
+
+
+def _held_back(text: str, stop_strings: Sequence[str]) -> int:
+    """How many trailing characters may still change: a replacement char or a stop-string prefix."""
+    hold = 1 if text.endswith("\ufffd") else 0
+    for stop in stop_strings:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return hold

@@ -1,0 +1,316 @@
+"""The Llama 2 transformer (SPEC §1) in one file, with Meta's parameter names.
+
+Pre-norm blocks with RMSNorm (normalised in fp32), SwiGLU feed-forward, rotary position
+embeddings on adjacent pairs (Meta's formulation), grouped-query attention and a
+preallocated KV cache for incremental decoding. Parameter names match Meta's
+`consolidated.*.pth`, so those checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class ModelArgs:
+    """Architecture hyperparameters: the fields of Meta's `params.json`, plus
+    `rope_theta` and `max_seq_len` (context length the model is built for)."""
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: same as n_heads (multi-head attention)
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5  # SPEC §1: 1e-5 for Llama 2 (1e-6 is a known trap)
+    rope_theta: float = 10000.0
+    max_seq_len: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"ModelArgs: dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelArgs: head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"ModelArgs: n_heads {self.n_heads} must be a multiple of n_kv_heads {self.kv_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU hidden size (SPEC §1): 2/3 of 4*dim, times the multiplier, rounded up."""
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def num_params(self) -> int:
+        """Exact parameter count (embedding and output counted separately: they are untied)."""
+        d, kv = self.dim, self.kv_heads * self.head_dim
+        attention = 2 * d * d + 2 * d * kv
+        feed_forward = 3 * d * self.hidden_dim
+        per_layer = attention + feed_forward + 2 * d
+        return self.n_layers * per_layer + 2 * self.vocab_size * d + d
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelArgs:
+        key = name.removesuffix("-chat")
+        if key not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(preset_names())}")
+        return cls(**{**PRESETS[key], **overrides})
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any], *, source: str = "params") -> ModelArgs:
+        """Build from a `params.json`-style dict; unknown keys are an error, not ignored."""
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key(s) {unknown}; a Llama 2 params.json may hold {sorted(allowed)}"
+            )
+        return cls(**params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# SPEC §1. Llama 2 trained with a 4096 context; 34B uses Code Llama 34B's published shapes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "7B": dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256),
+    "13B": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256),
+    "34B": dict(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.0),
+    "70B": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3),
+    # Small shapes for CPUs and tests (vocab is usually replaced by the tokenizer's size).
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256),
+    "demo": dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=256),
+    # llama2.c's TinyStories shapes, used by the benchmarks.
+    "stories15M": dict(dim=288, n_layers=6, n_heads=6, multiple_of=32, max_seq_len=256),
+    "stories42M": dict(dim=512, n_layers=8, n_heads=8, multiple_of=32, max_seq_len=1024),
+    "stories110M": dict(dim=768, n_layers=12, n_heads=12, multiple_of=32, max_seq_len=1024),
+}
+
+
+def preset_names() -> list[str]:
+    paper = ["7B", "13B", "34B", "70B"]
+    return paper + [f"{p}-chat" for p in paper] + [p for p in PRESETS if p not in paper]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # SPEC §1: normalise in fp32, cast back, then scale.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def precompute_rope(head_dim: int, end: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """Cos/sin table [end, head_dim/2, 2]: pair i at position p turns by p * theta^(-2i/head_dim)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(end, device=device, dtype=torch.float32), freqs)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x0,x1),(x2,x3)... of x [B, T, H, D] by rope [B|1, T, D/2, 2], in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = rope[..., 0].unsqueeze(2), rope[..., 1].unsqueeze(2)
+    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values [B, n_kv_heads, max_len, head_dim]: only the KV heads are cached."""
+
+    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start_pos + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked to write up to {end}")
+        self.k[: k.shape[0], :, start_pos:end] = k
+        self.v[: v.shape[0], :, start_pos:end] = v
+        return self.k[: k.shape[0], :, :end], self.v[: v.shape[0], :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)
+        # A causal mask is only implied when queries and keys start together.
+        is_causal = mask is None and T > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, start_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        # The rope table is built lazily on the input's device and kept in fp32: as a plain
+        # attribute it survives `.to(bfloat16)` and costs nothing on the `meta` device.
+        self._rope: torch.Tensor | None = None
+        self.activation_checkpointing = False
+        if not self.tok_embeddings.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-2 style init; output projections of each residual branch scaled by 1/sqrt(2L)."""
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.args.n_layers))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def rope_table(self, device: torch.device) -> torch.Tensor:
+        if self._rope is None or self._rope.device != device:
+            self._rope = precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device)
+        return self._rope
+
+    def setup_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Allocate a KV cache for `batch` sequences of up to `max_len` positions (reused if it fits)."""
+        max_len = max_len or self.args.max_seq_len
+        dtype = dtype or self.output.weight.dtype
+        device = self.output.weight.device
+        for layer in self.layers:
+            cache = layer.attention.cache
+            if cache is not None and cache.k.shape[0] >= batch and cache.k.shape[2] >= max_len and cache.k.dtype == dtype:
+                continue
+            layer.attention.cache = KVCache(batch, max_len, self.args.kv_heads, self.args.head_dim, dtype, device)
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.cache = None
+
+    def hidden_states(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        *,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final normalised hidden states [B, T, dim].
+
+        tokens: [B, T] ids placed at cache slots start_pos .. start_pos+T-1.
+        positions: [B, T] rotary positions per row (default: the slots), for left-padded batches.
+        key_mask: [B, start_pos+T] bool, False on padding slots that no query may attend to.
+        """
+        B, T = tokens.shape
+        if start_pos + T > self.args.max_seq_len:
+            raise ValueError(
+                f"sequence of {start_pos + T} tokens exceeds max_seq_len {self.args.max_seq_len}; "
+                "shorten the input or build the model with a larger max_seq_len"
+            )
+        rope = self.rope_table(tokens.device)
+        rope = rope[start_pos : start_pos + T].unsqueeze(0) if positions is None else rope[positions]
+        mask = self._attention_mask(B, T, start_pos, key_mask, tokens.device)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                h = checkpoint(layer, h, rope, start_pos, mask, use_reentrant=False)
+            else:
+                h = layer(h, rope, start_pos, mask)
+        return self.norm(h)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        *,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens [B, T] int64 -> logits [B, T, vocab_size]."""
+        return self.output(self.hidden_states(tokens, start_pos, positions=positions, key_mask=key_mask))
+
+    def _attention_mask(self, B: int, T: int, start_pos: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """None where SDPA's own causal flag (or no mask, for one new token) is exact."""
+        if key_mask is None and (start_pos == 0 or T == 1):
+            return None
+        S = start_pos + T
+        query_slots = torch.arange(start_pos, S, device=device).unsqueeze(1)
+        key_slots = torch.arange(S, device=device).unsqueeze(0)
+        allowed = (key_slots <= query_slots).unsqueeze(0)  # [1, T, S]
+        if key_mask is not None:
+            # A padding query would see no key at all; let it see itself so no row is empty.
+            allowed = (allowed & key_mask[:, None, :S]) | (key_slots == query_slots)
+        return allowed.unsqueeze(1)  # [B|1, 1, T, S]
