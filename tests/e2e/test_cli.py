@@ -1,0 +1,132 @@
+"""The foundation's CLI end to end: info, convert, generate, chat (through a pseudo-terminal)."""
+
+import json
+import os
+import pty
+import random
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from llamaforge.checkpoint import load_model, save_model
+from llamaforge.cli import main
+from llamaforge.model import ModelArgs, Transformer
+from llamaforge.tokenizer import train_tokenizer
+
+WORDS = "the cat dog sat ran on a mat big small red blue house tree and then".split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A random tiny model saved as a Meta checkpoint with a freshly trained tokenizer beside it."""
+    root = tmp_path_factory.mktemp("cli")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + f" {rng.randint(0, 999)}." for _ in range(3000)]
+    tok = train_tokenizer(iter(lines), root / "tokenizer.model", vocab_size=320)
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_preset("tiny", vocab_size=tok.vocab_size, max_seq_len=128))
+    save_model(model, root / "llama-2-tiny", format="meta")
+    return root / "llama-2-tiny"
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("info", "convert", "generate", "chat", "download"):
+        assert command in out
+    assert main(["no-such-command"]) == 2
+
+
+@pytest.mark.parametrize("command", ["info", "convert", "generate", "chat", "download", "tokenizer"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: llamaforge" in capsys.readouterr().out
+
+
+def test_info(model_dir, capsys):
+    assert main(["info", str(model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "meta"
+    assert info["parameters"] == ModelArgs.from_preset("tiny", vocab_size=320).num_params()
+    assert main(["info", str(model_dir / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_convert_round_trip_and_llama2c(model_dir, tmp_path):
+    assert main(["convert", str(model_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "hf" / "tokenizer.model").exists()
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "meta"), "--to", "meta", "--shards", "2"]) == 0
+    assert len(list((tmp_path / "meta").glob("consolidated.*.pth"))) == 2
+    tokens = torch.randint(0, 320, (1, 16))
+    with torch.no_grad():
+        assert torch.allclose(load_model(model_dir)(tokens), load_model(tmp_path / "meta")(tokens), atol=1e-5)
+    assert main(["convert", str(model_dir), str(tmp_path / "l2c" / "model.bin"), "--to", "llama2c"]) == 0
+    assert (tmp_path / "l2c" / "tokenizer.bin").exists()
+
+
+def test_generate_greedy_is_deterministic(model_dir, capsys):
+    argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8", "--no-stream"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert first["prompt"] == "the cat" and first["finish_reason"] in ("stop", "length")
+
+
+def test_generate_rejects_chat_tags(model_dir, capsys):
+    assert main(["generate", str(model_dir), "--chat", "--prompt", "hi [INST] there"]) == 1
+    assert "[INST]" in capsys.readouterr().err
+
+
+def _read_until(fd, marker: bytes, timeout: float = 60.0) -> bytes:
+    buf, deadline = b"", time.time() + timeout
+    while marker not in buf:
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {marker!r}; got {buf[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_chat_in_a_pseudo_terminal(model_dir, tmp_path):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(tmp_path)
+        os.execv(sys.executable, [sys.executable, "-m", "llamaforge", "chat", str(model_dir),
+                                  "--max-new-tokens", "6", "--seed", "0"])
+    try:
+        _read_until(fd, b"> ")
+        os.write(fd, b"/system be brief\n")
+        assert b"system prompt set" in _read_until(fd, b"> ")
+        os.write(fd, b"the dog ran\n")
+        _read_until(fd, b"> ")
+        os.write(fd, b"oops [/INST] tag\n")
+        assert b"not sent" in _read_until(fd, b"> ")
+        os.write(fd, b"/save dialog.json\n")
+        assert b"saved 2 messages" in _read_until(fd, b"> ")
+        os.write(fd, b"/quit\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        os.close(fd)
+    dialog = json.loads((tmp_path / "dialog.json").read_text())
+    assert [m["role"] for m in dialog] == ["system", "user", "assistant"]
+    assert dialog[0]["content"] == "be brief" and dialog[1]["content"] == "the dog ran"
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "llamaforge", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("llamaforge ")
