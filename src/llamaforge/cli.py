@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("llamaforge.tokenizer:main", "train a Llama-style SentencePiece BPE tokenizer"),
     "world": ("llamaforge.world.cli:main", "generate the built-in world: corpus, dialogs, prompts, judges' data"),
     "pretrain": ("llamaforge.stages.pretrain:main", "pretrain (or continue pretraining) a model"),
+    "eval": ("llamaforge.eval.cli:main", "evaluate a model: multiple choice, generation, perplexity"),
     "carbon": ("llamaforge.carbon:main", "energy and CO2 accounting (the paper's Table 2, your runs)"),
     "demo": ("llamaforge.demo:main", "run the pipeline end to end on the built-in world"),
 }

@@ -41,7 +41,7 @@ def test_top_level_help_lists_commands(capsys):
     assert main(["no-such-command"]) == 2
 
 
-@pytest.mark.parametrize("command", ["info", "convert", "generate", "chat", "download", "tokenizer"])
+@pytest.mark.parametrize("command", ["info", "convert", "generate", "chat", "download", "tokenizer", "eval", "carbon", "world"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -125,6 +125,15 @@ def test_chat_in_a_pseudo_terminal(model_dir, tmp_path):
     dialog = json.loads((tmp_path / "dialog.json").read_text())
     assert [m["role"] for m in dialog] == ["system", "user", "assistant"]
     assert dialog[0]["content"] == "be brief" and dialog[1]["content"] == "the dog ran"
+
+
+def test_eval_on_world_suites(model_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["eval", str(model_dir), "--suites", "reading,math", "--limit", "4", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"reading", "math"}
+    assert results["reading"]["n"] == 4 and 0.0 <= results["reading"]["metrics"]["acc"] <= 1.0
+    assert main(["eval", str(model_dir), "--suites", "nope"]) == 2
 
 
 def test_python_dash_m_works():
