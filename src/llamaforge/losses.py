@@ -1,0 +1,48 @@
+"""The training objectives as small pure functions of tensors (no models, no state).
+
+Each names the paper section it implements and is unit-tested against a hand-computed
+value. Stages wrap them into loss functions of (model, batch) for the training core.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # target value that contributes no loss (padding, masked prompt tokens)
+
+
+def masked_lm_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    reduction: str = "mean",
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Next-token cross-entropy `-log p(target)`, counted only where `mask` is true.
+
+    logits [..., V] are aligned with targets [...] (position t predicts targets[t], so the
+    caller has already shifted by one). Positions where `mask` is False or the target is
+    `ignore_index` contribute nothing: that is how SFT zeroes the loss on prompt tokens
+    (SPEC §6) and GAtt on earlier turns (SPEC §9); pretraining counts every token (SPEC §5).
+    Computed in fp32 whatever the logits' dtype. reduction: "mean" over counted positions
+    (0 when there are none), "sum", or "none" (per position, 0 where not counted).
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {list(logits.shape)} must be targets {list(targets.shape)} plus a vocab dimension")
+    keep = targets != ignore_index
+    if mask is not None:
+        if mask.shape != targets.shape:
+            raise ValueError(f"mask {list(mask.shape)} must have the shape of targets {list(targets.shape)}")
+        keep = keep & mask.bool()
+    safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
+    per_token = F.cross_entropy(logits.float().flatten(0, -2), safe_targets.flatten(), reduction="none")
+    per_token = per_token.view(targets.shape) * keep
+    if reduction == "none":
+        return per_token
+    if reduction == "sum":
+        return per_token.sum()
+    if reduction == "mean":
+        return per_token.sum() / keep.sum().clamp(min=1)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

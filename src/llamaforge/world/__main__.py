@@ -1,0 +1,5 @@
+import sys
+
+from llamaforge.world.cli import main
+
+sys.exit(main())
