@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("llamaforge.eval.cli:main", "evaluate a model: multiple choice, generation, perplexity"),
     "carbon": ("llamaforge.carbon:main", "energy and CO2 accounting (the paper's Table 2, your runs)"),
     "demo": ("llamaforge.demo:main", "run the pipeline end to end on the built-in world"),
+    "serve": ("llamaforge.serve:main", "OpenAI-compatible HTTP server with a web chat page"),
+    "bench": ("llamaforge.bench:main", "speed benchmarks against transformers, measured in the same run"),
 }
 
 
@@ -31,6 +33,8 @@ def _load(target: str):
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("llamaforge"):
             raise SystemExit(f"llamaforge: this command is not available in this version ({e.name} is missing)") from e
+        if "pip install" in str(e):  # an optional extra; the module says how to install it
+            raise SystemExit(f"llamaforge: {e}") from e
         raise
     return getattr(module, func)
 
