@@ -102,7 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "70B": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3),
     # Small shapes for CPUs and tests (vocab is usually replaced by the tokenizer's size).
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=256),
-    "demo": dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=2048, multiple_of=64, max_seq_len=256),
+    # Sized to learn the built-in world in ~5 minutes on 2 CPU cores (configs/pretrain/demo.yaml).
+    "demo": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, vocab_size=2048, multiple_of=64, max_seq_len=256),
     # llama2.c's TinyStories shapes, used by the benchmarks.
     "stories15M": dict(dim=288, n_layers=6, n_heads=6, multiple_of=32, max_seq_len=256),
     "stories42M": dict(dim=512, n_layers=8, n_heads=8, multiple_of=32, max_seq_len=1024),
@@ -136,12 +137,20 @@ def precompute_rope(head_dim: int, end: int, theta: float, device: torch.device 
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x0,x1),(x2,x3)... of x [B, T, H, D] by rope [B|1, T, D/2, 2], in fp32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = rope[..., 0].unsqueeze(2), rope[..., 1].unsqueeze(2)
-    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate adjacent pairs (x0,x1),(x2,x3)... of x [B, T, H, D] by rope [B|1, T, D/2, 2], in fp32.
+
+    As Meta does: each pair is a complex number times cos + i·sin. One complex multiply
+    (and one in backward) is ~30x faster on CPU than the same rotation written with
+    real slices and a stack.
+    """
+    if torch.compiler.is_compiling():
+        # Inductor generates no code for complex numbers; in reals the rotation fuses into one kernel.
+        x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = rope.unsqueeze(2).unbind(-1)
+        return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    rotated = pairs * torch.view_as_complex(rope).unsqueeze(2)
+    return torch.view_as_real(rotated).flatten(-2).type_as(x)
 
 
 class KVCache(nn.Module):
@@ -198,6 +207,67 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+IGNORE_INDEX = -100  # a target that contributes no loss (padding, masked prompt tokens)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against targets (IGNORE_INDEX: no loss).
+
+    hidden [..., dim], weight [vocab, dim], targets [...] -> fp32 scalar. The [N, vocab]
+    logits are never held at once: rows go through in chunks, and the gradients are
+    formed while each chunk's logits are at hand (softmax - one_hot), so backward only
+    scales them. On CPU this is ~2x faster than logits + F.cross_entropy and saves
+    three logits-sized buffers (3 x 262 MB at stories15M, batch 8 x 256).
+    """
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if chunk_rows is None:
+        # ~32 MB of fp32 logits per chunk on CPU (cache-sized); GPUs want bigger matmuls.
+        chunk_rows = max(1, (2**23 if hidden.device.type == "cpu" else 2**28) // weight.shape[0])
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_rows, with_grad)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows, with_grad):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        h, w = hidden.to(dtype), weight.to(dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(h) if with_grad else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if with_grad else None
+        logits = h.new_empty(min(chunk_rows, len(h)), w.shape[0])  # reused: no fresh pages per chunk
+        with torch.autocast(device, enabled=False):
+            for start in range(0, len(h), chunk_rows):
+                rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows]
+                keep = (t != IGNORE_INDEX).unsqueeze(1)
+                t = t.clamp(min=0).unsqueeze(1)
+                chunk = torch.mm(rows, w.t(), out=logits[: len(rows)])
+                logp = torch.log_softmax(chunk, dim=-1, dtype=torch.float32)
+                total -= (logp.gather(1, t) * keep).sum()
+                if not with_grad:
+                    continue
+                grad = logp.exp_().scatter_add_(1, t, torch.full_like(t, -1, dtype=logp.dtype))
+                grad = grad.masked_fill_(~keep, 0.0).to(dtype)  # d loss / d logits
+                torch.mm(grad, w, out=grad_h[start : start + len(rows)])
+                if grad_w.dtype == dtype:
+                    grad_w.addmm_(grad.t(), rows)
+                else:
+                    grad_w += grad.t() @ rows
+        if with_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+            ctx.dtypes = hidden.dtype, weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return (grad_h * grad_total).to(hidden_dtype), (grad_w * grad_total).to(weight_dtype), None, None, None
 
 
 class TransformerBlock(nn.Module):
@@ -298,9 +368,17 @@ class Transformer(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tokens [B, T] int64 -> logits [B, T, vocab_size]."""
-        return self.output(self.hidden_states(tokens, start_pos, positions=positions, key_mask=key_mask))
+        """tokens [B, T] int64 -> logits [B, T, vocab_size].
+
+        With targets [B, T] (IGNORE_INDEX where no loss): the summed next-token cross-entropy
+        instead, an fp32 scalar computed without materialising the logits (training's path).
+        """
+        h = self.hidden_states(tokens, start_pos, positions=positions, key_mask=key_mask)
+        if targets is not None:
+            return chunked_cross_entropy(h, self.output.weight, targets)
+        return self.output(h)
 
     def _attention_mask(self, B: int, T: int, start_pos: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
         """None where SDPA's own causal flag (or no mask, for one new token) is exact."""

@@ -70,7 +70,7 @@ def tokenize_corpus(
     files = input_files(inputs)
     identity = {
         "inputs": fingerprint(files),
-        "tokenizer": "sha256:" + file_digest(Path(tokenizer.model_path)),
+        "tokenizer": file_digest(Path(tokenizer.model_path)),
         "val_fraction": val_fraction,
         "text_key": text_key,
     }

@@ -10,7 +10,6 @@ same documents in the same order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -98,17 +97,16 @@ def _parquet_documents(file: Path, text_key: str) -> Iterator[str]:
                 yield text
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def file_digest(path: Path) -> str:
+    """"md5:<hex>" of a file's content: a change detector, as Meta's checklists use it."""
+    from ..checkpoint import md5_file
+
+    return "md5:" + md5_file(Path(path))
 
 
 def fingerprint(files: Sequence[Path], max_hashed_bytes: int = 1 << 30) -> dict[str, str]:
-    """path -> sha256 of its content (or size and mtime, for inputs too big to hash quickly)."""
+    """path -> digest of its content (or size and mtime, for inputs too big to hash quickly)."""
     total = sum(f.stat().st_size for f in files)
     if total <= max_hashed_bytes:
-        return {str(f): "sha256:" + file_digest(f) for f in files}
+        return {str(f): file_digest(f) for f in files}
     return {str(f): f"size:{f.stat().st_size},mtime:{int(f.stat().st_mtime)}" for f in files}
