@@ -90,7 +90,7 @@ def _report(run_root: Path, pretrain_dir: Path, evals: dict, timings: dict[str, 
         "",
         "## Summary: each stage's measured effect",
         "",
-        "| stage | effect | time |",
+        "| stage | effect | time (this invocation; a resumed stage counts only its remainder) |",
         "|---|---|---|",
         f"| world | built-in world generated (`{pretrain_dir / 'world'}`; datacard in `datacard.md`) | |",
         f"| pretrain | validation perplexity {final.get('val_ppl', float('nan')):.2f} vs unigram "
