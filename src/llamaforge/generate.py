@@ -8,6 +8,7 @@ one token per step.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -71,13 +72,60 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def last_logits(
+    model: Transformer,
+    tokens: torch.Tensor,
+    start_pos: int,
+    positions: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
+    output_t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp32 logits [B, vocab] of the last position only: a prefill never forms [B, T, vocab].
+
+    output_t: the output weight transposed to [dim, vocab] and contiguous. On CPU, decoding a
+    few rows is bound by reading that matrix, and MKL reads it 2-3x faster in this layout.
+    """
+    h = model.hidden_states(tokens, start_pos, positions=positions, key_mask=key_mask)[:, -1]
+    return (model.output(h) if output_t is None else h @ output_t).float()
+
+
+_transposed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def transposed_output(model: Transformer) -> torch.Tensor:
+    """The output weight as a contiguous [dim, vocab] copy for `last_logits`, kept with the
+    model (transposing 32000 x dim takes longer than a decode step) and rebuilt when the
+    weight is replaced or changed in place."""
+    weight = model.output.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype)
+    cached = _transposed.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().t().contiguous())
+        _transposed[model] = cached
+    return cached[1]
+
+
+_compiled_last_logits = None
+
+
+def compiled_last_logits():
+    """`last_logits` under torch.compile, shapes dynamic from the start: one compilation
+    serves every step and cache length (per model and batch layout)."""
+    global _compiled_last_logits
+    if _compiled_last_logits is None:
+        _compiled_last_logits = torch.compile(last_logits, dynamic=True)
+    return _compiled_last_logits
+
+
 @torch.inference_mode()
 def generate_steps(
-    model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams
+    model: Transformer, prompts: Sequence[Sequence[int]], params: SamplingParams, *, compile: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next tokens [B], their log-probs [B]) once per step; the caller decides when to stop.
 
     Stops by itself after max_new_tokens or when the context (max_seq_len) is full.
+    compile: run the steps through torch.compile; the first call compiles (tens of seconds
+    on a CPU, again for the first padded batch), later ones run faster.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
@@ -100,17 +148,22 @@ def generate_steps(
     if params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
 
-    model.setup_cache(B, total)
+    # Compiled decoding keeps one cache shape (the full context), so no call recompiles.
+    model.setup_cache(B, model.args.max_seq_len if compile else total)
+    step = compiled_last_logits() if compile else last_logits
+    output_t = transposed_output(model) if device.type == "cpu" else None
     try:
         cur, step_tokens = 0, tokens
         for _ in range(total - longest):
             end = cur + step_tokens.shape[1]
-            logits = model(
+            logits = step(
+                model,
                 step_tokens,
                 cur,
-                positions=None if positions is None else positions[:, cur:end],
-                key_mask=None if key_mask is None else key_mask[:, :end],
-            )[:, -1].float()
+                None if positions is None else positions[:, cur:end],
+                None if key_mask is None else key_mask[:, :end],
+                output_t,
+            )
             next_tokens = sample_next(logits, params, generator)
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, next_tokens[:, None]).squeeze(-1)
             yield next_tokens, logprobs
@@ -126,9 +179,11 @@ def generate(
     *,
     tokenizer=None,
     eos_id: int | None = None,
+    compile: bool = False,
 ) -> list[Completion]:
     """Generate for a batch of token prompts. EOS (the tokenizer's unless `eos_id` is given) and
-    `params.stop_tokens` end a row; `params.stop_strings` need a tokenizer to be recognised."""
+    `params.stop_tokens` end a row; `params.stop_strings` need a tokenizer to be recognised.
+    compile: decode through torch.compile (see `generate_steps`)."""
     params = params or SamplingParams()
     if params.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
@@ -139,7 +194,7 @@ def generate(
         stops.add(eos_id)
     out = [Completion(tokens=[], finish_reason="length") for _ in prompts]
     active = [True] * len(prompts)
-    for next_tokens, logprobs in generate_steps(model, prompts, params):
+    for next_tokens, logprobs in generate_steps(model, prompts, params, compile=compile):
         for row, (token, logprob) in enumerate(zip(next_tokens.tolist(), logprobs.tolist())):
             if not active[row]:
                 continue
@@ -211,3 +266,52 @@ def _held_back(text: str, stop_strings: Sequence[str]) -> int:
                 hold = max(hold, k)
                 break
     return hold
+
+
+def chat_replies(
+    model: Transformer,
+    tokenizer,
+    dialogs: Sequence[Sequence[dict]],
+    params: SamplingParams | None = None,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[Completion]:
+    """The assistant's next reply to each dialog (each ends with a user message), through
+    `chat_format`, in batches. `Completion.text` is the parsed reply; `finish_reason` "stop"
+    means the model ended its answer with EOS. A prompt that does not fit the context raises
+    (a cut dialog is no longer the dialog asked about); replies are capped by the room left.
+
+    Every stage that samples from a chat model uses this: SFT and GAtt evaluation, rejection
+    sampling, PPO rollouts, context distillation and the safety evaluations.
+    """
+    from .chat_format import encode_dialog, parse_reply
+
+    params = params or SamplingParams(max_new_tokens=64)
+    prompts = [encode_dialog(tokenizer, dialog) for dialog in dialogs]
+    limit = model.args.max_seq_len
+    for i, prompt in enumerate(prompts):
+        if len(prompt) >= limit:
+            raise ValueError(f"dialog {i} encodes to {len(prompt)} tokens, the model's context is {limit}; shorten it")
+    # Longest prompts first: rows of one batch then need little padding. Results keep input order.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[Completion | None] = [None] * len(prompts)
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="sampling", unit="batch", leave=False)
+    for start in starts:
+        rows = order[start : start + batch_size]
+        room = limit - max(len(prompts[i]) for i in rows)
+        batch_params = params if params.max_new_tokens <= room else _with_max_new(params, room)
+        for i, completion in zip(rows, generate(model, [prompts[i] for i in rows], batch_params, tokenizer=tokenizer)):
+            completion.text = parse_reply(tokenizer, completion.tokens) if completion.tokens else ""
+            out[i] = completion
+    return out  # type: ignore[return-value]
+
+
+def _with_max_new(params: SamplingParams, n: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, max_new_tokens=max(1, n))

@@ -190,8 +190,11 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)
-        # A causal mask is only implied when queries and keys start together.
-        is_causal = mask is None and T > 1
+        # A causal mask is only implied when queries and keys start together. Decided by a
+        # branch: under torch.compile with dynamic shapes T is symbolic, SDPA needs a real bool.
+        is_causal = False
+        if mask is None and T > 1:
+            is_causal = True
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
         )
@@ -237,25 +240,31 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
+        ignored = bool((targets == IGNORE_INDEX).any())
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(h) if with_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if with_grad else None
+        grad_w = None
+        if with_grad:  # fp32: the first chunk's addmm_ (beta 0) overwrites it, so no zero-fill
+            grad_w = (torch.empty_like if dtype == torch.float32 else torch.zeros_like)(weight, dtype=torch.float32)
         logits = h.new_empty(min(chunk_rows, len(h)), w.shape[0])  # reused: no fresh pages per chunk
         with torch.autocast(device, enabled=False):
             for start in range(0, len(h), chunk_rows):
-                rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows]
-                keep = (t != IGNORE_INDEX).unsqueeze(1)
-                t = t.clamp(min=0).unsqueeze(1)
+                rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows, None]
+                keep = t != IGNORE_INDEX
+                t = t.clamp(min=0)
                 chunk = torch.mm(rows, w.t(), out=logits[: len(rows)])
                 logp = torch.log_softmax(chunk, dim=-1, dtype=torch.float32)
-                total -= (logp.gather(1, t) * keep).sum()
+                picked = logp.gather(1, t)
+                total -= (picked * keep).sum() if ignored else picked.sum()
                 if not with_grad:
                     continue
-                grad = logp.exp_().scatter_add_(1, t, torch.full_like(t, -1, dtype=logp.dtype))
-                grad = grad.masked_fill_(~keep, 0.0).to(dtype)  # d loss / d logits
+                grad = logp.exp_().scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one_hot
+                if ignored:
+                    grad.masked_fill_(~keep, 0.0)
+                grad = grad.to(dtype)
                 torch.mm(grad, w, out=grad_h[start : start + len(rows)])
                 if grad_w.dtype == dtype:
-                    grad_w.addmm_(grad.t(), rows)
+                    grad_w.addmm_(grad.t(), rows, beta=1 if start else 0)
                 else:
                     grad_w += grad.t() @ rows
         if with_grad:
@@ -265,9 +274,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_h, grad_w = ctx.saved_tensors
+        grad_h, grad_w = ctx.saved_tensors  # used once: scaled in place
         hidden_dtype, weight_dtype = ctx.dtypes
-        return (grad_h * grad_total).to(hidden_dtype), (grad_w * grad_total).to(weight_dtype), None, None, None
+        return grad_h.mul_(grad_total).to(hidden_dtype), grad_w.mul_(grad_total).to(weight_dtype), None, None, None
 
 
 class TransformerBlock(nn.Module):

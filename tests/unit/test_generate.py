@@ -107,3 +107,27 @@ def test_bad_params_are_explained():
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
     assert isinstance(Completion([], "length"), Completion)
+
+
+def test_chat_replies_match_one_at_a_time_and_keep_order(tmp_path):
+    from llamaforge.chat_format import encode_dialog, parse_reply
+    from llamaforge.generate import chat_replies
+    from llamaforge.tokenizer import train_tokenizer
+
+    lines = [f"the {w} sat on the mat and said hello {i}" for i, w in enumerate(["cat", "dog", "owl", "fox"] * 30)]
+    tok = train_tokenizer(iter(lines), tmp_path / "tok.model", 300)
+    torch.manual_seed(0)
+    chat_model = Transformer(ModelArgs.from_preset("tiny", vocab_size=tok.vocab_size, max_seq_len=96)).eval()
+    dialogs = [
+        [{"role": "user", "content": "hello"}],
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat sat on the mat, why"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+    ]
+    params = SamplingParams(max_new_tokens=10)
+    batched = chat_replies(chat_model, tok, dialogs, params, batch_size=2)
+    for dialog, got in zip(dialogs, batched):
+        alone = generate(chat_model, [encode_dialog(tok, dialog)], params, tokenizer=tok)[0]
+        assert got.tokens == alone.tokens and got.text == parse_reply(tok, alone.tokens)
+    too_long = [{"role": "user", "content": "hello " * 200}]
+    with pytest.raises(ValueError, match="context"):
+        chat_replies(chat_model, tok, [too_long], params)
