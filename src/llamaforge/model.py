@@ -240,27 +240,30 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
-        ignored = bool((targets == IGNORE_INDEX).any())
+        # Rows without a target (prompt tokens in SFT, padding) never reach the vocabulary
+        # matmuls: they are dropped up front, and their gradient is zero.
+        kept = None
+        if bool((targets == IGNORE_INDEX).any()):
+            kept = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+            h, targets = h.index_select(0, kept), targets.index_select(0, kept)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(h) if with_grad else None
         grad_w = None
         if with_grad:  # fp32: the first chunk's addmm_ (beta 0) overwrites it, so no zero-fill
-            grad_w = (torch.empty_like if dtype == torch.float32 else torch.zeros_like)(weight, dtype=torch.float32)
+            grad_w = (torch.empty_like if dtype == torch.float32 and len(h) else torch.zeros_like)(
+                weight, dtype=torch.float32
+            )
         logits = h.new_empty(min(chunk_rows, len(h)), w.shape[0])  # reused: no fresh pages per chunk
         with torch.autocast(device, enabled=False):
             for start in range(0, len(h), chunk_rows):
                 rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows, None]
-                keep = t != IGNORE_INDEX
-                t = t.clamp(min=0)
                 chunk = torch.mm(rows, w.t(), out=logits[: len(rows)])
                 logp = torch.log_softmax(chunk, dim=-1, dtype=torch.float32)
                 picked = logp.gather(1, t)
-                total -= (picked * keep).sum() if ignored else picked.sum()
+                total -= picked.sum()
                 if not with_grad:
                     continue
                 grad = logp.exp_().scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one_hot
-                if ignored:
-                    grad.masked_fill_(~keep, 0.0)
                 grad = grad.to(dtype)
                 torch.mm(grad, w, out=grad_h[start : start + len(rows)])
                 if grad_w.dtype == dtype:
@@ -268,6 +271,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 else:
                     grad_w += grad.t() @ rows
         if with_grad:
+            if kept is not None:
+                grad_h = h.new_zeros(len(hidden), h.shape[1]).index_copy_(0, kept, grad_h)
             ctx.save_for_backward(grad_h, grad_w)
             ctx.dtypes = hidden.dtype, weight.dtype
         return total

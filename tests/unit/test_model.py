@@ -119,3 +119,23 @@ def test_activation_checkpointing_gives_same_gradients():
     model.activation_checkpointing = True
     checkpointed = grads()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 64])
+@pytest.mark.parametrize("ignored_share", [0.0, 0.6, 1.0])
+def test_chunked_cross_entropy_equals_logits_then_cross_entropy(chunk_rows, ignored_share):
+    from llamaforge.model import IGNORE_INDEX, chunked_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 40, (3, 7))
+    targets[torch.rand(3, 7) < ignored_share] = IGNORE_INDEX
+    got = chunked_cross_entropy(hidden, weight, targets, chunk_rows=chunk_rows)
+    got_grads = torch.autograd.grad(got * 1.7, (hidden, weight))
+    logits = hidden @ weight.t()
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    want_grads = torch.autograd.grad(want * 1.7, (hidden, weight))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
