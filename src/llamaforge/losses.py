@@ -46,3 +46,43 @@ def masked_lm_loss(
     if reduction == "mean":
         return per_token.sum() / keep.sum().clamp(min=1)
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# Reward-model margins m(rating) (SPEC §7), in the order of the annotator's ratings:
+# significantly better, better, slightly better, negligibly better / unsure.
+REWARD_MARGINS = {
+    "none": (0.0, 0.0, 0.0, 0.0),
+    "small": (1.0, 2 / 3, 1 / 3, 0.0),
+    "large": (3.0, 2.0, 1.0, 0.0),
+}
+
+
+def margin_ranking_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margins: torch.Tensor | float = 0.0,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The reward model's binary ranking loss with a margin (SPEC §7, the paper's Eq. 2):
+    `L = -log σ(r(x, y_chosen) - r(x, y_rejected) - m(rating))`.
+
+    chosen_rewards, rejected_rewards [N] are the scalar scores of each pair; margins is a
+    scalar or [N] (0 for "negligibly better" and for pairs without a rating). Computed in
+    fp32 with logsigmoid, so it stays finite for any score gap. reduction: "mean", "sum" or
+    "none" (per pair).
+    """
+    if chosen_rewards.shape != rejected_rewards.shape:
+        raise ValueError(
+            f"chosen rewards {list(chosen_rewards.shape)} and rejected rewards {list(rejected_rewards.shape)} "
+            "must have the same shape (one score per pair)"
+        )
+    gap = chosen_rewards.float() - rejected_rewards.float()
+    per_pair = -F.logsigmoid(gap - torch.as_tensor(margins, dtype=gap.dtype, device=gap.device))
+    if reduction == "none":
+        return per_pair
+    if reduction == "sum":
+        return per_pair.sum()
+    if reduction == "mean":
+        return per_pair.mean()
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
