@@ -264,13 +264,8 @@ class EnergyMeter:
         self.stop()
 
 
-def total_from_manifests(paths) -> dict:
-    """Sum the ``energy`` sections of run manifests.
-
-    ``paths`` are ``manifest.json`` files or folders searched recursively for them. Returns
-    ``{"manifests": n, "device_hours": ..., "kwh": ..., "tco2eq": ...}``. A folder without
-    manifests, or a manifest without a valid ``energy`` section, raises ValueError naming it.
-    """
+def find_manifests(paths) -> list[Path]:
+    """``manifest.json`` files: the given files, and those found recursively in given folders."""
     manifests: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -282,24 +277,80 @@ def total_from_manifests(paths) -> dict:
             manifests.append(path)
         else:
             raise ValueError(f"{path} does not exist")
+    return manifests
 
-    total = {"manifests": len(manifests), **{key: 0.0 for key in ENERGY_KEYS}}
+
+def manifest_energy(paths, *, missing_ok: bool = False) -> list[dict]:
+    """The ``energy`` section of each run manifest under ``paths``, one row per run (stage).
+
+    Each row is the section plus ``"manifest"`` (its path). A manifest that is not JSON or
+    has no valid ``energy`` section raises ValueError naming it; with ``missing_ok`` it is
+    skipped instead (a stage still starting, or one that does not meter), and so is a
+    folder without manifests.
+    """
+    try:
+        manifests = find_manifests(paths)
+    except ValueError:
+        if missing_ok:
+            return []
+        raise
+    rows = []
     for manifest in manifests:
         try:
-            content = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{manifest} is not valid JSON: {error}") from None
-        energy = content.get("energy") if isinstance(content, dict) else None
-        if not isinstance(energy, dict):
-            raise ValueError(
-                f"{manifest} has no 'energy' section; was the run recorded with an EnergyMeter?"
-            )
-        for key in ENERGY_KEYS:
-            value = energy.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{manifest}: energy.{key} should be a number, got {value!r}")
-            total[key] += value
-    return total
+            rows.append({"manifest": str(manifest), **_energy_section(manifest)})
+        except ValueError:
+            if not missing_ok:
+                raise
+    return rows
+
+
+def _energy_section(manifest: Path) -> dict:
+    try:
+        content = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{manifest} is not valid JSON: {error}") from None
+    energy = content.get("energy") if isinstance(content, dict) else None
+    if not isinstance(energy, dict):
+        raise ValueError(f"{manifest} has no 'energy' section; was the run recorded with an EnergyMeter?")
+    for key in ENERGY_KEYS:
+        value = energy.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{manifest}: energy.{key} should be a number, got {value!r}")
+    return energy
+
+
+def sum_energy(rows: list[dict]) -> dict:
+    """``{"manifests": n, "device_hours", "kwh", "tco2eq"}`` summed over ``manifest_energy`` rows."""
+    return {"manifests": len(rows), **{key: float(sum(row[key] for row in rows)) for key in ENERGY_KEYS}}
+
+
+def total_from_manifests(paths) -> dict:
+    """Sum the ``energy`` sections of run manifests (``paths``: manifest files or run folders).
+
+    Returns ``{"manifests": n, "device_hours": ..., "kwh": ..., "tco2eq": ...}``. A folder without
+    manifests, or a manifest without a valid ``energy`` section, raises ValueError naming it.
+    """
+    return sum_energy(manifest_energy(paths))
+
+
+def format_runs(rows: list[dict], root: Path | None = None) -> str:
+    """Per-run rows and the pipeline total as an aligned text table."""
+    def name(row: dict) -> str:
+        folder = Path(row["manifest"]).parent
+        if root is not None and folder.is_relative_to(root):
+            return str(folder.relative_to(root)) or "."
+        return str(folder)
+
+    total = sum_energy(rows)
+    header = ("run", "device", "device-hours", "W", "kWh", "kg CO2eq")
+    cells = [header] + [
+        (name(r), f"{r.get('device', '?')}x{r.get('n_devices', 1)}", f"{r['device_hours']:.4f}",
+         f"{r.get('power_watts', float('nan')):.0f}", f"{r['kwh']:.4f}", f"{r['tco2eq'] * 1000:.5f}")
+        for r in rows
+    ] + [("total", "", f"{total['device_hours']:.4f}", "", f"{total['kwh']:.4f}", f"{total['tco2eq'] * 1000:.5f}")]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.run_dirs:
         try:
-            total = total_from_manifests(args.run_dirs)
+            rows = manifest_energy(args.run_dirs)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        total = sum_energy(rows)
+        root = Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None
+        print(format_runs(rows, root))
         print(f"{total['manifests']} manifests: {total['device_hours']:,.4f} device-hours, "
               f"{total['kwh']:,.4f} kWh, {total['tco2eq']:.6f} tCO2eq")
         return 0
