@@ -1,171 +1,388 @@
-"""`llamaforge demo`: the pipeline end to end on the built-in world, with every stage's effect
-measured by the world's own yardsticks.
+"""`llamaforge demo`: the whole pipeline on the built-in world, each stage's effect measured by
+the world's own yardsticks.
 
-Today's path: world -> tokenizer -> pretraining -> evaluation -> report. Each stage keeps its
-outputs under runs/<name>/, so re-running after an interruption continues where it stopped
-(pretraining resumes from its newest checkpoint; finished stages are not redone).
+The pipeline is the ordered list `STAGES`: world -> tokenizer -> pretrain -> sft -> reward ->
+rlhf -> gatt -> distill -> eval -> report. A stage is a function `(ctx: Context) -> dict` that
+returns its summary (`{"stage", "effect", "seconds", "metrics", "tables", "plots", "outputs"}`,
+`outputs` naming what later stages use, e.g. `{"model": path}`); the demo writes it to
+`runs/<name>/NN-<stage>/summary.json`. A stage whose folder already holds a summary is done and
+is not run again, so re-running after an interruption continues where it stopped (pretraining
+also resumes mid-way from its newest checkpoint). A stage whose code has not landed (its
+module or function does not import) is skipped with a line saying so.
+
+Adding a stage is a few lines: write `def _mystage(ctx): ...; return summary` and put
+`Stage("mystage", budget_s, _mystage, requires=("llamaforge.stages.mystage", "function"))`
+in `STAGES` where it belongs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# Eval suites of the world and how each is scored on a pretrained (not yet chat) model.
-DEMO_SUITES = ("world_knowledge", "reading", "commonsense", "math", "truthfulqa")
+from .report import read_json, write_json, write_summary
+
+# Eval suites of the world scored as multiple choice (academic columns of SPEC §11).
+ACADEMIC_SUITES = ("world_knowledge", "reading", "commonsense", "math")
 FEWSHOT = 3
 
 
-def _pretrain_overrides(name: str, root: str, quick: bool) -> list[str]:
-    overrides = [f"run.name={name}", f"run.root={root}"]
-    if quick:
+class StageStopped(RuntimeError):
+    """A stage was stopped (SIGINT/SIGTERM) or failed in a way re-running can continue from."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Stage:
+    name: str
+    budget_s: float  # demo preset on 2 idle cores; the ETA adds these up
+    run: Callable[[Context], dict]
+    requires: tuple[str, str] | None = None  # (module, function) the stage calls; skipped until it imports
+    quick_budget_s: float | None = None  # with --quick (default: a tenth of budget_s)
+
+    def missing(self) -> str | None:
+        """Why the stage cannot run yet (its code has not landed), or None."""
+        if self.requires is None:
+            return None
+        module, function = self.requires
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as e:
+            return f"{module} does not import yet ({e})"
+        if not callable(getattr(loaded, function, None)):
+            return f"{module}.{function} has not landed yet"
+        return None
+
+    def budget(self, quick: bool) -> float:
+        if quick:
+            return self.quick_budget_s if self.quick_budget_s is not None else self.budget_s / 10
+        return self.budget_s
+
+
+@dataclass
+class Context:
+    """What a stage sees: the run folder, its own folder, the world and earlier stages' outputs."""
+
+    root: Path
+    quick: bool = False
+    eval_limit: int = 120
+    stage: str = ""
+    dirs: dict[str, Path] = field(default_factory=dict)
+    outputs: dict[str, dict] = field(default_factory=dict)  # stage -> its summary's "outputs"
+    _world: Any = None
+
+    @property
+    def dir(self) -> Path:
+        """This stage's folder, runs/<name>/NN-<stage>."""
+        return self.dirs[self.stage]
+
+    @property
+    def world(self):
+        if self._world is None:
+            from .world import World
+
+            self._world = World.load(self.output("world"))
+        return self._world
+
+    def output(self, key: str, *, stages: tuple[str, ...] | None = None) -> Any:
+        """The newest earlier stage's output `key` (e.g. "model", "tokenizer")."""
+        for name in reversed(list(stages or self.outputs)):
+            value = self.outputs.get(name, {}).get(key)
+            if value is not None:
+                return value
+        raise KeyError(f"no earlier stage produced {key!r} (finished: {', '.join(self.outputs) or 'none'})")
+
+    def model(self, *stages: str) -> Path:
+        """The model of the first of `stages` that produced one, else the newest model so far."""
+        for name in stages:
+            if self.outputs.get(name, {}).get("model"):
+                return Path(self.outputs[name]["model"])
+        return Path(self.output("model"))
+
+
+# --------------------------------------------------------------------------- stages of today
+
+
+def _world_stage(ctx: Context) -> dict:
+    from .world import World, build_datacard, write_world
+
+    size = "tiny" if ctx.quick else "demo"
+    world = World.generate(seed=0, size=size)
+    card = build_datacard(world)
+    write_world(world, ctx.dir / "world", datacard=card)
+    corpus = card["corpus"]
+    return {"effect": f"built-in world (seed 0, size {size}): {corpus['documents']:,} documents, "
+                      f"{corpus['words']:,} words, {corpus['toxicity']['toxic_share']:.1%} toxic documents",
+            "metrics": {"documents": corpus["documents"], "words": corpus["words"],
+                        "toxic_share": corpus["toxicity"]["toxic_share"]},
+            "outputs": {"world": str(ctx.dir / "world")}}
+
+
+def _tokenizer_stage(ctx: Context) -> dict:
+    from .data.sources import input_files, iter_documents
+    from .tokenizer import train_tokenizer
+
+    vocab = 512 if ctx.quick else 2048
+    corpus = input_files([Path(ctx.output("world")) / "corpus"])
+    path = ctx.dir / "tokenizer.model"
+    tok = train_tokenizer(iter_documents(corpus), path, vocab)
+    sample = " ".join(ctx.world.pretraining_documents(shuffle=False).__next__().split()[:60])
+    pieces = len(tok.encode(sample, bos=False, eos=False))
+    return {"effect": f"{vocab}-piece BPE tokenizer: {len(sample.split())} words -> {pieces} tokens "
+                      f"({pieces / max(1, len(sample.split())):.2f} tokens per word)",
+            "metrics": {"vocab_size": vocab, "tokens_per_word": pieces / max(1, len(sample.split()))},
+            "outputs": {"tokenizer": str(path)}}
+
+
+def _pretrain_overrides(ctx: Context) -> list[str]:
+    overrides = [f"run.dir={ctx.dir}", f"run.name={ctx.root.name}", f"run.root={ctx.root.parent}",
+                 f"data.inputs={Path(ctx.output('world')) / 'corpus'}", f"data.tokenizer={ctx.output('tokenizer')}"]
+    if ctx.quick:
         # Small enough for CI (about a minute of training on 2 cores), same code path.
-        overrides += ["data.world_size=tiny", "model.preset=tiny", "data.vocab_size=512", "data.seq_len=128",
-                      "data.batch_size=16", "data.val_fraction=0.05", "train.max_steps=120", "train.warmup_steps=10", "train.lr=3e-3",
-                      "train.eval_every=60", "train.checkpoint_every=60", "data.eval_batches=8"]
+        overrides += ["model.preset=tiny", "data.seq_len=128", "data.batch_size=16", "data.val_fraction=0.05",
+                      "train.max_steps=120", "train.warmup_steps=10", "train.lr=3e-3", "train.eval_every=60",
+                      "train.checkpoint_every=60", "data.eval_batches=8"]
     return overrides
 
 
-def _stage_dir(run_root: Path, stage: str) -> Path | None:
-    found = sorted(run_root.glob(f"[0-9][0-9]-{stage}"))
-    return found[-1] if found else None
+def _pretrain_stage(ctx: Context) -> dict:
+    from .checkpoint import latest_checkpoint
+    from .stages.pretrain import main as pretrain_main
+
+    code = pretrain_main(_pretrain_overrides(ctx))
+    if code != 0:
+        raise StageStopped(f"pretraining stopped (exit {code})", code)
+    manifest = read_json(ctx.dir / "manifest.json") or {}
+    final, model = manifest.get("final", {}), manifest.get("model", {})
+    ppl, unigram = final.get("val_ppl", float("nan")), final.get("unigram_val_ppl", float("nan"))
+    return {"effect": f"validation perplexity {unigram:.1f} (unigram model) -> {ppl:.2f} "
+                      f"({ppl / unigram:.3f}x the unigram), {model.get('parameters', 0):,} parameters, "
+                      f"{final.get('tokens_seen', 0):,} tokens",
+            "metrics": {"val_ppl": ppl, "unigram_val_ppl": unigram, "parameters": model.get("parameters", 0),
+                        "tokens_seen": final.get("tokens_seen", 0)},
+            "outputs": {"model": str(latest_checkpoint(ctx.dir)), "pretrained": str(latest_checkpoint(ctx.dir))}}
 
 
-def _evaluate(model_dir: Path, world_dir: Path, limit: int, out: Path) -> dict:
-    """World eval suites on the pretrained model and on its untrained twin (same shape, init)."""
+# --------------------------------------------------------------------------- stages of the others
+# Each calls one function of its stage module; the signatures are the stage owners'.
+
+
+def _sft_stage(ctx: Context) -> dict:
+    from .stages.sft import run_demo_sft
+
+    return run_demo_sft(ctx.model("pretrain"), ctx.world, ctx.dir)
+
+
+def _reward_stage(ctx: Context) -> dict:
+    from .stages.reward import train_reward_models
+
+    return train_reward_models(ctx.model("sft", "pretrain"), ctx.world, ctx.dir)
+
+
+def _rlhf_stage(ctx: Context) -> dict:
+    from .stages.rlhf import run_rlhf
+
+    return run_rlhf(ctx.model("sft"), ctx.world, ctx.dir, iterations=2)
+
+
+def _gatt_stage(ctx: Context) -> dict:
+    from .stages.gatt import run_demo_gatt
+
+    return run_demo_gatt(ctx.model(), ctx.world, ctx.dir)
+
+
+def _distill_stage(ctx: Context) -> dict:
+    from .stages.distill import run_demo_distill
+
+    return run_demo_distill(ctx.model(), ctx.world, ctx.dir)
+
+
+# --------------------------------------------------------------------------- eval and report
+
+
+def _eval_stage(ctx: Context) -> dict:
+    """World suites (multiple choice) and safety evaluations on the untrained twin, the pretrained
+    model and the final chat model (when fine-tuning ran), in the layout of SPEC §11."""
     import torch
 
     from .checkpoint import load_model
     from .eval import evaluate
+    from .eval.safety import safety_eval
     from .model import Transformer
     from .tokenizer import Tokenizer
-    from .world import World
 
-    if out.exists():
-        cached = json.loads(out.read_text())
-        if cached.get("model") == str(model_dir):
-            return cached
-    world = World.load(world_dir)
-    tok = Tokenizer(model_dir / "tokenizer.model")
-    trained = load_model(model_dir)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    world, limit = ctx.world, ctx.eval_limit
+    tok = Tokenizer(ctx.output("tokenizer"))
+    pretrained = load_model(ctx.model("pretrain"))
     torch.manual_seed(0)
-    untrained = Transformer(trained.args).eval()
-    results: dict = {"model": str(model_dir), "suites": {}}
-    for suite in DEMO_SUITES:
-        items = [it for it in world.evals.get(suite, []) if it.get("choices")][:limit]
+    models = {"untrained": (Transformer(pretrained.args).eval(), False), "pretrained": (pretrained, False)}
+    final = ctx.model()
+    if final != ctx.model("pretrain"):
+        models["final chat"] = (load_model(final), True)
+
+    academic: dict[str, dict] = {name: {} for name in models}
+    safety: dict[str, dict] = {}
+    rows, metrics = [], {}
+    for suite in ACADEMIC_SUITES:
+        items = [{**it, "task_type": "multiple_choice"} for it in world.evals.get(suite, []) if it.get("choices")][:limit]
         if not items:
             continue
-        # Score every suite as multiple choice: a base model is not yet taught to answer on demand.
-        items = [{**it, "task_type": "multiple_choice"} for it in items]
-        row = {}
-        for label, model in (("untrained", untrained), ("pretrained", trained)):
-            r = evaluate(model, tok, items, task=suite, fewshot=FEWSHOT)
-            row[label] = {"acc": r.metrics["acc"], "acc_norm": r.metrics["acc_norm"], "interval": r.intervals["acc"]}
-        row["n"] = len(items)
-        row["chance"] = sum(1 / len(it["choices"]) for it in items) / len(items)
-        results["suites"][suite] = row
-        print(f"  {suite:<16} n={len(items):<4} untrained acc {row['untrained']['acc']:.3f} -> "
-              f"pretrained {row['pretrained']['acc']:.3f} (chance {row['chance']:.3f})", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        chance = sum(1 / len(it["choices"]) for it in items) / len(items)
+        row = [suite, len(items), round(chance, 3)]
+        for name, (model, _) in models.items():
+            result = evaluate(model, tok, items, task=suite, fewshot=FEWSHOT)
+            academic[name][suite] = result.metrics["acc"]
+            metrics[f"{name}/{suite}"] = result.metrics["acc"]
+            lo, hi = result.intervals["acc"]
+            row.append(f"{result.metrics['acc']:.3f} [{lo:.3f}, {hi:.3f}]")
+        rows.append(row)
+    prompts = world.prompt_records(split="eval")
+    for name, (model, chat) in models.items():
+        if name == "untrained":
+            continue
+        result = safety_eval(model, tok, {k: world.evals.get(k, []) for k in ("truthfulqa", "toxigen")}, chat=chat,
+                             prompts=prompts if chat else (), limit=limit)
+        safety[name] = {"truthfulqa": result["metrics"].get("truthfulqa/true_and_informative"),
+                        "toxigen": result["metrics"].get("toxigen/toxic")}
+        metrics.update({f"{name}/{k}": v for k, v in result["metrics"].items()})
+    first = ACADEMIC_SUITES[0]
+    effect = " -> ".join(f"{academic[n].get(first, float('nan')):.3f} ({n})" for n in models)
+    safety_effect = "; ".join(f"{n}: TruthfulQA {s['truthfulqa'] or 0:.1%} true+informative, "
+                              f"ToxiGen {s['toxigen'] or 0:.1%} toxic" for n, s in safety.items())
+    return {"effect": f"{first} {FEWSHOT}-shot accuracy {effect}; {safety_effect}",
+            "metrics": metrics,
+            "eval_table": {"academic": academic, "safety": safety},
+            "tables": [{"title": f"World suites, {FEWSHOT}-shot multiple-choice accuracy [95% CI]",
+                        "columns": ["suite", "n", "chance", *models], "rows": rows}]}
 
 
-def _report(run_root: Path, pretrain_dir: Path, evals: dict, timings: dict[str, float]) -> Path:
-    manifest = json.loads((pretrain_dir / "manifest.json").read_text())
-    final = manifest.get("final", {})
-    model = manifest.get("model", {})
-    energy = manifest.get("energy", {})
-    samples = []
-    if (pretrain_dir / "samples.jsonl").exists():
-        lines = (pretrain_dir / "samples.jsonl").read_text().splitlines()
-        samples = [json.loads(line) for line in lines[-4:]]
-    lines = [
-        "# llamaforge demo report",
-        "",
-        f"Run folder: `{run_root}`. Every figure below was measured in this run.",
-        "",
-        "## Summary: each stage's measured effect",
-        "",
-        "| stage | effect | time (this invocation; a resumed stage counts only its remainder) |",
-        "|---|---|---|",
-        f"| world | built-in world generated (`{pretrain_dir / 'world'}`; datacard in `datacard.md`) | |",
-        f"| pretrain | validation perplexity {final.get('val_ppl', float('nan')):.2f} vs unigram "
-        f"{final.get('unigram_val_ppl', float('nan')):.2f} "
-        f"({final.get('val_ppl', 0) / max(final.get('unigram_val_ppl', 1), 1e-9):.3f}× the unigram), "
-        f"{model.get('parameters', 0):,} parameters, {final.get('tokens_seen', 0):,} tokens | "
-        f"{timings.get('pretrain', 0):.0f} s |",
-    ]
-    for suite, row in evals.get("suites", {}).items():
-        lo, hi = row["pretrained"]["interval"]
-        lines.append(
-            f"| eval: {suite} | {FEWSHOT}-shot accuracy {row['untrained']['acc']:.3f} (untrained) -> "
-            f"{row['pretrained']['acc']:.3f} [95% CI {lo:.3f}-{hi:.3f}], chance {row['chance']:.3f}, n={row['n']} | |"
-        )
-    lines += [
-        "",
-        "## Energy and carbon (SPEC §12 formula)",
-        "",
-        f"{energy.get('device_hours', 0):.4f} device-hours, {energy.get('kwh', 0):.4f} kWh, "
-        f"{energy.get('tco2eq', 0) * 1000:.4f} kg CO2eq ({energy.get('power_source', 'configured')} power).",
-        "",
-        "## Samples from the pretrained model",
-        "",
-    ]
-    for s in samples:
-        lines.append(f"- **{s.get('prompt', '').strip()}** {s.get('completion', '').strip()}")
-    lines += ["", "Stages of the paper not yet in this demo: SFT, reward models, rejection sampling, PPO, "
-              "GAtt, context distillation (tracked in the project's issues).", ""]
-    report = run_root / "report.md"
-    report.write_text("\n".join(lines))
-    (run_root / "report.json").write_text(json.dumps({"pretrain": final, "evals": evals, "timings": timings},
-                                                     indent=2) + "\n")
-    return report
+def _report_stage(ctx: Context) -> dict:
+    from .report import build_report
+
+    html_path, md_path = build_report(ctx.root)
+    return {"effect": f"report written: {html_path}", "outputs": {"report": str(html_path), "markdown": str(md_path)},
+            "done_again": True}
+
+
+STAGES: list[Stage] = [
+    Stage("world", 10, _world_stage, quick_budget_s=2),
+    Stage("tokenizer", 20, _tokenizer_stage, quick_budget_s=5),
+    Stage("pretrain", 300, _pretrain_stage, quick_budget_s=60),
+    Stage("sft", 75, _sft_stage, requires=("llamaforge.stages.sft", "run_demo_sft")),
+    Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward", "train_reward_models")),
+    Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf", "run_rlhf")),
+    Stage("gatt", 90, _gatt_stage, requires=("llamaforge.stages.gatt", "run_demo_gatt")),
+    Stage("distill", 75, _distill_stage, requires=("llamaforge.stages.distill", "run_demo_distill")),
+    Stage("eval", 60, _eval_stage, quick_budget_s=20),
+    Stage("report", 10, _report_stage, quick_budget_s=5),
+]
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def stage_folder(root: Path, index: int, name: str) -> Path:
+    """The stage's existing folder (any NN), else NN = its place in the pipeline."""
+    existing = sorted(p for p in root.glob(f"[0-9][0-9]-{name}") if p.is_dir())
+    return existing[-1] if existing else root / f"{index + 1:02d}-{name}"
+
+
+def run_pipeline(root: Path, stages: list[Stage] | None = None, *, quick: bool = False, eval_limit: int = 120,
+                 out=print) -> dict:
+    """Run (or continue) every stage in order; returns the pipeline record (also `root/pipeline.json`).
+
+    A stage runs only when its folder holds no summary.json (the report always runs again).
+    Raises StageStopped when a stage stops; what finished before it is kept.
+    """
+    stages = STAGES if stages is None else stages
+    root.mkdir(parents=True, exist_ok=True)
+    ctx = Context(root=root, quick=quick, eval_limit=eval_limit)
+    previous = read_json(root / "pipeline.json") or {}
+    record: dict = {"stages": [], "seconds": 0.0}
+    runnable = [s for s in stages if s.missing() is None]
+    started, total = time.time(), len(stages)
+    for index, stage in enumerate(stages):
+        folder = stage_folder(root, index, stage.name)
+        ctx.dirs[stage.name], ctx.stage = folder, stage.name
+        label = f"[{index + 1}/{total}] {stage.name:<9}"
+        reason = stage.missing()
+        if reason is not None:
+            out(f"{label} skipped: {reason}")
+            record["stages"].append({"stage": stage.name, "status": "skipped", "note": reason})
+            continue
+        done = read_json(folder / "summary.json")
+        if done is not None and not done.get("done_again"):
+            out(f"{label} done earlier ({done.get('seconds', 0):.0f} s): {done.get('effect', '')}")
+        else:
+            remaining = sum(s.budget(quick) for s in runnable[runnable.index(stage):])
+            out(f"{label} running — elapsed {_clock(time.time() - started)}, ETA {_clock(remaining)} "
+                f"(budget {_clock(stage.budget(quick))})")
+            begin = time.time()
+            try:
+                summary = dict(stage.run(ctx) or {})
+            except KeyboardInterrupt:
+                raise StageStopped(f"interrupted in stage {stage.name}", 130) from None
+            summary.setdefault("stage", stage.name)
+            summary.setdefault("seconds", round(time.time() - begin, 1))
+            folder.mkdir(parents=True, exist_ok=True)
+            write_summary(folder, summary)
+            done = summary
+            out(f"{label} finished in {done['seconds']:.0f} s: {done.get('effect', '')}")
+        ctx.outputs[stage.name] = done.get("outputs") or {}
+        record["seconds"] += float(done.get("seconds") or 0)
+        record["stages"].append({"stage": stage.name, "status": "done", "folder": folder.name,
+                                 "effect": done.get("effect", ""), "seconds": done.get("seconds")})
+        write_json(root / "pipeline.json", {**previous, **record})
+    return record
+
+
+def summary_table(record: dict) -> str:
+    lines = [f"{'stage':<10} {'time':>7}  effect", f"{'-' * 10} {'-' * 7}  {'-' * 40}"]
+    for entry in record["stages"]:
+        seconds = f"{entry['seconds']:.0f} s" if entry.get("seconds") is not None else ""
+        effect = entry.get("effect") if entry["status"] == "done" else f"stage not run: {entry.get('note', '')}"
+        lines.append(f"{entry['stage']:<10} {seconds:>7}  {effect}")
+    lines.append(f"{'total':<10} {record['seconds']:>5.0f} s")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="llamaforge demo",
-        description="Run the pipeline end to end on the built-in world: world -> tokenizer -> pretraining -> "
-        "evaluation -> report. Re-running continues where an interrupted run stopped.",
+        description="Run the pipeline end to end on the built-in world: " + " -> ".join(s.name for s in STAGES)
+        + ". Re-running continues where an interrupted run stopped; stages whose code has not landed are skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--name", default="demo", help="run folder name under --root")
+    p.add_argument("--name", default="demo", help="run folder name under --root (demo-quick with --quick)")
     p.add_argument("--root", default="runs", help="folder holding runs")
     p.add_argument("--quick", action="store_true", help="a tiny world and model: the same path in a few minutes (CI)")
-    p.add_argument("--eval-limit", type=int, default=None, help="items per eval suite (default 200; 60 with --quick)")
+    p.add_argument("--eval-limit", type=int, default=None, help="items per eval suite (default 120; 40 with --quick)")
     args = p.parse_args(argv)
-    name = args.name if not args.quick or args.name != "demo" else "demo-quick"
-    run_root = Path(args.root) / name
-    limit = args.eval_limit or (60 if args.quick else 200)
-    timings: dict[str, float] = {}
-
-    from .stages.pretrain import main as pretrain_main
-
-    print(f"[1/3] world + tokenizer + pretraining -> {run_root}", flush=True)
-    start = time.time()
-    code = pretrain_main(_pretrain_overrides(name, args.root, args.quick))
-    timings["pretrain"] = time.time() - start
-    if code != 0:
-        print(f"llamaforge demo: pretraining stopped (exit {code}); run the same command again to resume",
-              file=sys.stderr)
-        return code
-    pretrain_dir = _stage_dir(run_root, "pretrain")
-
-    from .checkpoint import latest_checkpoint
-
-    checkpoint = latest_checkpoint(pretrain_dir)
-    print(f"[2/3] evaluation on the world's suites ({checkpoint})", flush=True)
-    start = time.time()
-    evals = _evaluate(checkpoint, pretrain_dir / "world", limit, run_root / "eval.json")
-    timings["eval"] = time.time() - start
-
-    print("[3/3] report", flush=True)
-    report = _report(run_root, pretrain_dir, evals, timings)
+    name = "demo-quick" if args.quick and args.name == "demo" else args.name
+    root = Path(args.root) / name
+    limit = args.eval_limit or (40 if args.quick else 120)
+    print(f"llamaforge demo -> {root}", flush=True)
+    try:
+        record = run_pipeline(root, quick=args.quick, eval_limit=limit, out=lambda line: print(line, flush=True))
+    except StageStopped as e:
+        print(f"llamaforge demo: {e}; run the same command again to continue", file=sys.stderr)
+        return e.code
     print()
-    print(report.read_text().split("## Energy")[0].strip())
-    print(f"\nreport: {report}")
+    print(summary_table(record))
+    print(f"\nreport: {root / 'report.html'} (Markdown: {root / 'report.md'})")
     return 0

@@ -1,25 +1,85 @@
-"""`llamaforge demo --quick`: the whole current pipeline end to end, as CI runs it."""
+"""`llamaforge demo`: the stage framework (order, skip until a stage's code lands, resume after an
+interruption) on fake stages, and `--quick` end to end as CI runs it."""
 
 import json
+import re
 
+import pytest
+
+from llamaforge import demo
 from llamaforge.cli import main
+from llamaforge.demo import Stage, StageStopped, run_pipeline
+from llamaforge.report import SECTIONS
+
+
+def _fake_stages(calls: list[str], fail_at: str | None = None):
+    def make(name):
+        def run(ctx):
+            calls.append(name)
+            if name == fail_at:
+                raise KeyboardInterrupt
+            before = ctx.model() if ctx.outputs else None
+            return {"effect": f"{name} done", "outputs": {"model": str(ctx.dir / "model")}, "before": str(before)}
+        return run
+
+    return [Stage("one", 1, make("one")), Stage("two", 1, make("two")),
+            Stage("later", 1, make("later"), requires=("llamaforge.stages.not_written_yet", "run")),
+            Stage("half", 1, make("half"), requires=("llamaforge.demo", "no_such_function")),
+            Stage("three", 1, make("three"))]
+
+
+def test_pipeline_skips_unlanded_stages_and_resumes_after_an_interruption(tmp_path):
+    calls: list[str] = []
+    lines: list[str] = []
+    with pytest.raises(StageStopped) as stopped:
+        run_pipeline(tmp_path, _fake_stages(calls, fail_at="three"), out=lines.append)
+    assert stopped.value.code == 130
+    assert calls == ["one", "two", "three"]
+    assert (tmp_path / "01-one" / "summary.json").exists() and not (tmp_path / "05-three" / "summary.json").exists()
+    assert any(re.match(r"\[3/5\] later +skipped: llamaforge.stages.not_written_yet does not import", x) for x in lines)
+    assert any(re.match(r"\[4/5\] half +skipped: llamaforge.demo.no_such_function has not landed", x) for x in lines)
+    assert any(re.match(r"\[2/5\] two +running — elapsed \d+:\d\d, ETA \d+:\d\d", x) for x in lines)
+
+    calls.clear()
+    record = run_pipeline(tmp_path, _fake_stages(calls), out=lines.append)
+    assert calls == ["three"]  # finished stages are not redone
+    summary = json.loads((tmp_path / "05-three" / "summary.json").read_text())
+    assert summary["stage"] == "three" and summary["seconds"] >= 0
+    # A later stage sees the newest model of the earlier ones, restored from their summaries.
+    assert summary["before"] == str(tmp_path / "02-two" / "model")
+    assert [e["status"] for e in record["stages"]] == ["done", "done", "skipped", "skipped", "done"]
+    table = demo.summary_table(record)
+    assert "one done" in table and "stage not run: llamaforge.stages.not_written_yet" in table
+
+
+def test_pipeline_stages_are_in_the_paper_order():
+    assert [s.name for s in demo.STAGES] == ["world", "tokenizer", "pretrain", "sft", "reward", "rlhf", "gatt",
+                                             "distill", "eval", "report"]
 
 
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(["demo", "--quick", "--root", str(tmp_path), "--eval-limit", "24"]) == 0
     run = tmp_path / "demo-quick"
-    report = (run / "report.md").read_text()
-    assert "## Summary: each stage's measured effect" in report
-    summary = json.loads((run / "report.json").read_text())
-    final = summary["pretrain"]
-    # Pretraining must have learned something real about the world.
-    assert final["val_ppl"] < final["unigram_val_ppl"] / 4
-    assert set(summary["evals"]["suites"]) >= {"world_knowledge", "reading", "commonsense"}
-    assert "report:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"report: {run / 'report.html'}" in out
+    pipeline = json.loads((run / "pipeline.json").read_text())
+    stages = {e["stage"]: e for e in pipeline["stages"]}
+    assert set(stages) == {s.name for s in demo.STAGES}
+    # Every stage either ran with a measured effect or says why it did not.
+    for entry in pipeline["stages"]:
+        assert entry["effect"] if entry["status"] == "done" else entry["note"], entry
+    pretrain = json.loads((run / "03-pretrain" / "summary.json").read_text())["metrics"]
+    assert pretrain["val_ppl"] < pretrain["unigram_val_ppl"] / 4  # learned something real about the world
+    evals = json.loads((run / "09-eval" / "summary.json").read_text())
+    assert {"world_knowledge", "reading"} <= set(evals["eval_table"]["academic"]["pretrained"])
+    html = (run / "report.html").read_text()
+    assert all(f'<section id="{sid}">' in html for sid in SECTIONS)
 
-    checkpoints = sorted(p.name for p in (run / "01-pretrain" / "checkpoints").iterdir())
-    # A second run resumes the finished stage: no new checkpoint, same figures.
+    checkpoints = sorted(p.name for p in (run / "03-pretrain" / "checkpoints").iterdir())
+    (run / "09-eval" / "summary.json").unlink()  # as if interrupted during evaluation
     assert main(["demo", "--quick", "--root", str(tmp_path), "--eval-limit", "24"]) == 0
-    assert sorted(p.name for p in (run / "01-pretrain" / "checkpoints").iterdir()) == checkpoints
-    again = json.loads((run / "report.json").read_text())
-    assert again["pretrain"]["val_ppl"] == final["val_ppl"]
+    out = capsys.readouterr().out
+    assert re.search(r"\[3/10\] pretrain +done earlier", out) and re.search(r"\[9/10\] eval +running", out)
+    assert sorted(p.name for p in (run / "03-pretrain" / "checkpoints").iterdir()) == checkpoints
+    again = json.loads((run / "09-eval" / "summary.json").read_text())
+    assert again["metrics"] == evals["metrics"]  # same models, same items: same figures
