@@ -14,6 +14,7 @@ data mix of SPEC §7, the reward model initialised from any checkpoint `load_mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,14 +28,19 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_dir, load_state_dict, resolve_tokenizer_path, latest_checkpoint
+from ..checkpoint import atomic_dir, latest_checkpoint, load_state_dict, resolve_tokenizer_path
+from ..config import config_to_dict, parse_cli
+from ..data import PackedBatches
 from ..losses import REWARD_MARGINS, margin_ranking_loss
 from ..model import ModelArgs, Transformer
+from ..report import write_summary
+from ..tokenizer import Tokenizer
+from ..trainer import LossOutput, Run, RunConfig, TrainConfig, train
 
 STAGE = "reward"
 REWARD_MODEL_FILE = "reward_model.json"  # marks a saved reward model folder
 WEIGHTS_FILE = "model.safetensors"
-RATINGS = ("significantly better", "better", "slightly better", "negligibly better")  # SPEC §7, as world.RATINGS
+from ..world.annotator import RATINGS  # SPEC §7, most to least separable
 
 
 # --------------------------------------------------------------------------- the model
@@ -77,7 +83,7 @@ class RewardModel(nn.Module):
         return self.head(last).squeeze(-1).float()
 
     def score(self, tokenizer, dialogs: Sequence[Sequence[dict]], replies: Sequence[str], *,
-              batch_size: int = 32) -> torch.Tensor:
+              batch_size: int = 16) -> torch.Tensor:
         """The reward of each reply to its dialog (a dialog ends with the user's message): one
         float per pair, on the CPU, in input order. Batched by length, in inference mode."""
         if len(dialogs) != len(replies):
@@ -85,7 +91,7 @@ class RewardModel(nn.Module):
         sequences = [encode_pair(tokenizer, dialog, reply, self.args.max_seq_len) for dialog, reply in zip(dialogs, replies)]
         return self.score_tokens(sequences, batch_size=batch_size)
 
-    def score_tokens(self, sequences: Sequence[Sequence[int]], *, batch_size: int = 32) -> torch.Tensor:
+    def score_tokens(self, sequences: Sequence[Sequence[int]], *, batch_size: int = 16) -> torch.Tensor:
         """Scores of already encoded dialogs + replies (see `encode_pair`)."""
         device = next(self.parameters()).device
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
@@ -205,3 +211,342 @@ def rating_margins(ratings: Sequence[str | None], scheme: str) -> torch.Tensor:
         raise ValueError(f"reward_margin must be one of {', '.join(REWARD_MARGINS)}, got {scheme!r}")
     table = dict(zip(RATINGS, REWARD_MARGINS[scheme]))
     return torch.tensor([table.get(r, 0.0) if r else 0.0 for r in ratings])
+
+
+# --------------------------------------------------------------------------- training data
+
+
+class PairSequences:
+    """Encoded preference pairs for `PackedBatches`. `batch(indices)` holds the chosen rows, then
+    the rejected rows, cut into length-sorted chunks of `chunk_rows` (each padded only to its own
+    longest row: replies vary a lot in length), and each pair's margin."""
+
+    def __init__(self, pairs: Sequence[dict], tokenizer, max_len: int, margin: str, chunk_rows: int = 16):
+        self.chosen = [encode_pair(tokenizer, p["dialog"], p["chosen"], max_len) for p in pairs]
+        self.rejected = [encode_pair(tokenizer, p["dialog"], p["rejected"], max_len) for p in pairs]
+        self.margins = rating_margins([p.get("rating") for p in pairs], margin)
+        self.seq_len = max(map(len, self.chosen + self.rejected), default=0)
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def batch(self, indices) -> dict[str, Any]:
+        rows = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        chunks = []
+        for start in range(0, len(order), self.chunk_rows):
+            part = order[start : start + self.chunk_rows]
+            tokens, lengths = right_pad([rows[r] for r in part])
+            chunks.append({"tokens": tokens, "lengths": lengths, "rows": torch.tensor(part)})
+        return {"chunks": chunks, "margins": self.margins[list(indices)]}
+
+
+def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
+    """The margin ranking loss of one micro-batch of pairs (see `PairSequences.batch`)."""
+    scores = torch.cat([model(chunk["tokens"], chunk["lengths"]) for chunk in batch["chunks"]])
+    rows = torch.cat([chunk["rows"] for chunk in batch["chunks"]])
+    chosen, rejected = scores[torch.argsort(rows)].chunk(2)
+    total = margin_ranking_loss(chosen, rejected, batch["margins"], reduction="sum")
+    tokens = sum(int(chunk["lengths"].sum()) for chunk in batch["chunks"])
+    return LossOutput(total, chosen.shape[0], tokens=tokens,
+                      metrics={"accuracy": (chosen > rejected).float().sum().detach(),
+                               "score_gap": (chosen - rejected).sum().detach()})
+
+
+def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int) -> list[dict]:
+    """All of `own` plus as many of `other` (sampled, seeded) as make `own` `own_share` of the
+    mix (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled."""
+    rng = random.Random(f"reward-mix/{seed}")
+    n_other = min(len(other), round(len(own) * (1 - own_share) / own_share)) if own_share < 1 else 0
+    mixed = list(own) + rng.sample(list(other), n_other)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def split_pairs(pairs: Sequence[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, held out) by prompt: every pair of one prompt lands on the same side."""
+    import zlib
+
+    def held_out(pair: dict) -> bool:
+        key = json.dumps(pair["dialog"], sort_keys=True).encode()
+        return zlib.crc32(key) % 10_000 < eval_fraction * 10_000
+
+    train = [p for p in pairs if not held_out(p)]
+    return train, [p for p in pairs if held_out(p)]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], *, batch_size: int = 16) -> dict[str, Any]:
+    """Accuracy (the RM ranks chosen above rejected) overall, per rating and per safety label,
+    with the scores themselves for calibration and histograms."""
+    dialogs = [p["dialog"] for p in pairs] * 2
+    scores = model.score(tokenizer, dialogs, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
+                         batch_size=batch_size)
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
+    correct = (chosen > rejected).tolist()
+
+    def accuracy(keep) -> float | None:
+        picked = [c for c, p in zip(correct, pairs) if keep(p)]
+        return round(sum(picked) / len(picked), 4) if picked else None
+
+    labels = sorted({p["safety_label"] for p in pairs if p.get("safety_label")})
+    return {
+        "pairs": len(pairs),
+        "accuracy": accuracy(lambda p: True),
+        "by_rating": {r: accuracy(lambda p, r=r: p.get("rating") == r) for r in RATINGS},
+        "by_rating_count": {r: sum(p.get("rating") == r for p in pairs) for r in RATINGS},
+        "by_safety_label": {label: accuracy(lambda p, label=label: p.get("safety_label") == label) for label in labels},
+        "chosen_scores": chosen.tolist(),
+        "rejected_scores": rejected.tolist(),
+    }
+
+
+def calibration_curve(result: dict, bins: int = 8) -> dict[str, list[float]]:
+    """Agreement with the annotator against the RM's score gap |r_chosen - r_rejected|, in
+    equal-count bins; beside it σ(gap), the agreement a calibrated Bradley-Terry RM would have."""
+    gaps = [c - r for c, r in zip(result["chosen_scores"], result["rejected_scores"])]
+    order = sorted(range(len(gaps)), key=lambda i: abs(gaps[i]))
+    x, agreement, expected = [], [], []
+    for b in range(bins):
+        part = order[b * len(order) // bins : (b + 1) * len(order) // bins]
+        if not part:
+            continue
+        mean_gap = sum(abs(gaps[i]) for i in part) / len(part)
+        x.append(round(mean_gap, 4))
+        agreement.append(round(sum(gaps[i] > 0 for i in part) / len(part), 4))
+        expected.append(round(1 / (1 + math.exp(-mean_gap)), 4))
+    return {"x": x, "agreement": agreement, "sigmoid": expected}
+
+
+def histogram(values: Sequence[float], bins: int = 20, low: float | None = None, high: float | None = None) -> dict:
+    """Bin centres and counts (for a "hist" plot of summary.json)."""
+    low = min(values) if low is None else low
+    high = max(values) if high is None else high
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int((v - low) / width)))] += 1
+    return {"x": [round(low + (i + 0.5) * width, 4) for i in range(bins)], "y": counts}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class ModelConfig:
+    init_from: str = ""  # any checkpoint load_model reads: the SFT model in the pipeline (SPEC §7: a chat or pretrained one)
+    tokenizer: str = ""  # tokenizer.model; empty = the checkpoint's own
+
+
+@dataclass
+class DataConfig:
+    """Preference pairs: the built-in world's (default) or the user's JSONL files."""
+
+    helpfulness: list[str] = field(default_factory=list)  # helpfulness pairs (JSONL, either layout); empty with safety empty = the world's
+    safety: list[str] = field(default_factory=list)  # safety pairs (JSONL, optional safety_label)
+    world_seed: int = 0  # seed of the built-in world
+    world_size: Literal["tiny", "demo", "large"] = "demo"  # size of the built-in world
+    own_share: float = 0.0  # share of the RM's own collection in its mix; 0 = SPEC §7 (helpfulness 0.5, safety 0.9)
+    max_pairs: int = 0  # training pairs after mixing, sampled (0 = all)
+    eval_fraction: float = 0.1  # share of prompts whose pairs are held out for evaluation
+    eval_pairs: int = 0  # held-out pairs evaluated per collection (0 = all)
+    batch_pairs: int = 512  # pairs per optimizer step (SPEC §7: 512 pairs, 1024 rows)
+    micro_batch_pairs: int = 32  # pairs per forward pass; gradient accumulation makes up batch_pairs
+    policy: str = ""  # also sample fresh pairs from this model (the current policy) for the annotator
+    policy_pairs: int = 0  # prompts of each collection sampled from the policy
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0])  # sampling temperatures of the two replies
+    policy_max_new_tokens: int = 48  # reply length cap when sampling from the policy
+
+
+def _paper_train() -> TrainConfig:
+    # SPEC §7: peak LR 1e-5 (5e-6 for 70B), cosine to 10%, warmup 3% of steps (at least 5);
+    # max_steps and warmup_steps are derived from the data (1 epoch) and warmup_fraction.
+    return TrainConfig(lr=1e-5, min_lr_ratio=0.1, warmup_steps=5, max_steps=1, checkpoint_every=0, log_every=5)
+
+
+@dataclass
+class RewardConfig:
+    """Defaults are the paper's (SPEC §7); configs/reward/demo.yaml is the CPU demo."""
+
+    kind: Literal["helpfulness", "safety"] = "helpfulness"  # which reward model (SPEC §7 trains both)
+    reward_margin: Literal["none", "small", "large"] = "small"  # m(rating) of the loss (SPEC §7)
+    epochs: float = 1.0  # passes over the training pairs (SPEC §7: 1; longer overfits)
+    warmup_fraction: float = 0.03  # warmup share of the steps, at least 5 steps (SPEC §7)
+    seed: int = 0  # data mix, split and head initialisation
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=_paper_train)
+
+
+COLLECTION = {"helpfulness": "helpful", "safety": "safety"}  # the RM kind -> its preference collection
+OWN_SHARE = {"helpfulness": 0.5, "safety": 0.9}  # SPEC §7 data mix
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llamaforge reward [--kind helpfulness|safety] [--config FILE.yaml] [key=value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--kind" in argv:  # `--kind X` is the same as `kind=X`
+        i = argv.index("--kind")
+        argv[i : i + 2] = [f"kind={argv[i + 1] if i + 1 < len(argv) else ''}"]
+    cfg = parse_cli(RewardConfig, argv, prog="llamaforge reward", description=__doc__.split("\n\n")[0])
+    try:
+        result = reward(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"llamaforge reward: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{cfg.kind} reward model: held-out accuracy {result['metrics']['accuracy']:.3f}; saved in {result['path']}")
+    return 0
+
+
+def preference_collections(data: DataConfig, world=None) -> dict[str, list[dict]]:
+    """{"helpful": [...], "safety": [...]} in normal form: the user's files, else the world's pairs."""
+    from ..data.preferences import normalize_pair, read_preference_file
+
+    if data.helpfulness or data.safety:
+        return {name: [p for path in paths for p in read_preference_file(path)]
+                for name, paths in (("helpful", data.helpfulness), ("safety", data.safety))}
+    world = world or _world(data.world_seed, data.world_size)
+    return {name: [normalize_pair(r) for r in world.preferences.get(name, [])] for name in ("helpful", "safety")}
+
+
+def policy_preferences(policy, tokenizer, world, n: int, temperatures: Sequence[float], *, seed: int = 0,
+                       max_new_tokens: int = 48) -> dict[str, list[dict]]:
+    """Fresh pairs sampled from `policy` on the world's training prompts, labelled by its annotator."""
+    from ..data.preferences import collect_model_preferences, normalize_pair
+    from ..world import Annotator
+
+    pools = {"helpful": world.prompt_records("helpful", "train") + world.prompt_records("borderline", "train"),
+             "safety": world.prompt_records("adversarial", "train")}
+    annotator = Annotator(noise=world.annotator_noise, seed=seed)
+    return {name: [normalize_pair(r) for r in collect_model_preferences(
+                [policy], tokenizer, pool, annotator, temperatures, n, max_new_tokens=max_new_tokens, seed=seed)]
+            for name, pool in pools.items()}
+
+
+def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, world=None) -> dict[str, Any]:
+    """Train (or resume) one reward model as `cfg` says, evaluate it, write summary.json.
+    Returns {"path": the saved reward model folder, "run": the stage folder, "metrics", "evaluation"}."""
+    started = time.perf_counter()
+    if not cfg.model.init_from:
+        raise ValueError("model.init_from is required: the checkpoint the reward model starts from "
+                         "(the SFT model, or any checkpoint load_model reads)")
+    tokenizer_path = _tokenizer_path(cfg)
+    tokenizer = Tokenizer(tokenizer_path)
+    run = Run.start(cfg.run, f"{STAGE}-{cfg.kind}", config_to_dict(cfg), seeds={"train": cfg.train.seed, "data": cfg.seed},
+                    parent=cfg.model.init_from)
+
+    # Data: the collections, fresh pairs from the policy, the split and the SPEC §7 mix.
+    collections = collections if collections is not None else preference_collections(cfg.data, world)
+    if cfg.data.policy and cfg.data.policy_pairs:
+        from ..checkpoint import load_model
+
+        fresh = policy_preferences(load_model(cfg.data.policy), tokenizer, world or _world(cfg.data.world_seed, cfg.data.world_size),
+                                   cfg.data.policy_pairs, cfg.data.temperatures, seed=cfg.seed,
+                                   max_new_tokens=cfg.data.policy_max_new_tokens)
+        collections = {name: collections.get(name, []) + fresh[name] for name in ("helpful", "safety")}
+    splits = {name: split_pairs(pairs, cfg.data.eval_fraction) for name, pairs in collections.items()}
+    own_name = COLLECTION[cfg.kind]
+    other_name = next(name for name in ("helpful", "safety") if name != own_name)
+    own, other = splits.get(own_name, ([], []))[0], splits.get(other_name, ([], []))[0]
+    if not own:
+        raise ValueError(f"no {own_name} preference pairs to train the {cfg.kind} reward model on; "
+                         f"pass data.{cfg.kind}=pairs.jsonl")
+    mixed = mix_pairs(own, other, cfg.data.own_share or OWN_SHARE[cfg.kind], cfg.seed)
+    if cfg.data.max_pairs:
+        mixed = mixed[: cfg.data.max_pairs]
+    held_out = {name: _cap(split[1], cfg.data.eval_pairs, cfg.seed) for name, split in splits.items() if split[1]}
+
+    # Model: the checkpoint's trunk with a fresh scalar head, built on meta and filled by the core.
+    args, state = _read_reward_or_lm(Path(cfg.model.init_from))
+    if args.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{cfg.model.init_from} has a vocabulary of {args.vocab_size} but {tokenizer_path} has "
+                         f"{tokenizer.vocab_size}; use the checkpoint's own tokenizer")
+    with torch.device("meta"):
+        model = RewardModel(args)
+    sequences = PairSequences(mixed, tokenizer, args.max_seq_len, cfg.reward_margin)
+    micro = min(cfg.data.micro_batch_pairs, cfg.data.batch_pairs, len(sequences))
+    grad_accum = max(1, min(cfg.data.batch_pairs, len(sequences)) // micro)
+    steps = max(1, math.ceil(cfg.epochs * len(sequences) / (micro * grad_accum)))
+    train_cfg = dataclasses.replace(cfg.train, max_steps=steps, grad_accum=grad_accum,
+                                    warmup_steps=max(5, round(cfg.warmup_fraction * steps)))  # SPEC §7
+    batches = PackedBatches(sequences, micro, seed=cfg.train.seed)
+    run.update(data={"train_pairs": len(sequences), "own_pairs": sum(map({id(p) for p in own}.__contains__, map(id, mixed))),
+                     "held_out": {name: len(p) for name, p in held_out.items()}, "steps": steps,
+                     "pairs_per_step": micro * grad_accum})
+    result = train(model, batches, ranking_loss, train_cfg, run, init_state=reward_init_state(state, args, cfg.seed),
+                   checkpoint_files={"tokenizer.model": tokenizer_path})
+    trained = result.model
+
+    # Evaluation on the held-out pairs of both collections (the paper's Table 7/8 layout).
+    evaluation = {name: evaluate_pairs(trained, tokenizer, pairs) for name, pairs in held_out.items()}
+    own_eval = evaluation.get(own_name) or next(iter(evaluation.values()), {"accuracy": None})
+    metrics = {"accuracy": own_eval["accuracy"], "train_pairs": len(sequences), "steps": steps,
+               "final_loss": result.metrics.get("loss")}
+    for name, ev in evaluation.items():
+        metrics[f"accuracy/{name}"] = ev["accuracy"]
+        for rating, acc in ev["by_rating"].items():
+            metrics[f"accuracy/{name}/{rating}"] = acc
+        for label, acc in ev["by_safety_label"].items():
+            metrics[f"accuracy/{name}/{label}"] = acc
+    path = run.path / "reward_model"
+    trained.save(path, tokenizer_path, kind=cfg.kind, reward_margin=cfg.reward_margin, init_from=cfg.model.init_from,
+                 metrics=metrics)
+    run.log({"step": result.state.step, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    seconds = time.perf_counter() - started
+    write_summary(run.path, reward_summary(cfg.kind, evaluation, metrics, seconds, cfg.reward_margin))
+    return {"path": path, "run": run.path, "metrics": metrics, "evaluation": evaluation, "seconds": seconds}
+
+
+def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, margin: str) -> dict:
+    """summary.json of one reward model: accuracy tables, calibration curve, score histograms."""
+    columns = ["test set", *(r.title() for r in RATINGS), "avg", "pairs"]
+    rows = [[name, *(ev["by_rating"][r] for r in RATINGS), ev["accuracy"], ev["pairs"]] for name, ev in evaluation.items()]
+    tables = [{"title": f"{kind} RM accuracy per rating (held-out pairs; paper Table 8 layout)", "columns": columns, "rows": rows}]
+    safety = evaluation.get("safety")
+    if safety and safety["by_safety_label"]:
+        labels = list(safety["by_safety_label"])
+        tables.append({"title": f"{kind} RM accuracy per safety label (held-out safety pairs)",
+                       "columns": labels, "rows": [[safety["by_safety_label"][label] for label in labels]]})
+    own = evaluation.get(COLLECTION[kind]) or next(iter(evaluation.values()))
+    curve = calibration_curve(own)
+    scores = own["chosen_scores"] + own["rejected_scores"]
+    low, high = min(scores), max(scores)
+    plots = [
+        {"title": f"{kind} RM: agreement with the annotator vs score gap", "kind": "line", "xlabel": "|score gap|",
+         "ylabel": "agreement", "series": {"reward model": {"x": curve["x"], "y": curve["agreement"]},
+                                            "σ(gap) (calibrated)": {"x": curve["x"], "y": curve["sigmoid"]}}},
+        {"title": f"{kind} RM: scores of chosen and rejected replies", "kind": "hist", "xlabel": "score",
+         "ylabel": "pairs", "series": {"chosen": histogram(own["chosen_scores"], low=low, high=high),
+                                       "rejected": histogram(own["rejected_scores"], low=low, high=high)}},
+    ]
+    sig, neg = own["by_rating"]["significantly better"], own["by_rating"]["negligibly better"]
+    effect = (f"{kind} RM (margin {margin}): held-out accuracy 0.5 (chance) -> {own['accuracy']:.3f}; "
+              f"significantly better {sig}, negligibly better {neg}")
+    return {"stage": f"{STAGE}-{kind}", "effect": effect, "seconds": round(seconds, 2),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "tables": tables, "plots": plots}
+
+
+def _cap(pairs: list[dict], n: int, seed: int) -> list[dict]:
+    return random.Random(f"reward-eval/{seed}").sample(pairs, n) if n and len(pairs) > n else pairs
+
+
+def _tokenizer_path(cfg: RewardConfig) -> Path:
+    if cfg.model.tokenizer:
+        return Path(cfg.model.tokenizer)
+    source = Path(cfg.model.init_from)
+    found = resolve_tokenizer_path(source)
+    if found is None and latest_checkpoint(source) is not None:
+        found = resolve_tokenizer_path(latest_checkpoint(source))
+    if found is None:
+        raise FileNotFoundError(f"no tokenizer.model in {source} or its parent; pass model.tokenizer=PATH")
+    return found
+
+
+def _world(seed: int, size: str):
+    from ..world import World
+
+    return World.generate(seed=seed, size=size)

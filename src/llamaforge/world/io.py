@@ -230,16 +230,23 @@ def read_preferences(path) -> list[dict]:
         rejected = _need_str(record, "rejected", path, number, allow_empty=True)
         if chosen == rejected:
             raise DataFileError(path, number, "'chosen' and 'rejected' are identical; a pair needs two different responses")
-        rating = record.get("rating")
-        if rating == "negligibly better / unsure":
-            rating = "negligibly better"
-        if rating is not None and rating not in RATINGS:
-            raise DataFileError(path, number, f"rating {rating!r} is not one of {', '.join(map(repr, RATINGS))}")
-        label = record.get("safety_label")
-        if label is not None and label not in SAFETY_LABELS:
-            raise DataFileError(path, number, f"safety_label {label!r} is not one of {', '.join(SAFETY_LABELS)}")
+        rating, _ = preference_labels(record, path, number)
         out.append(dict(record, rating=rating))
     return out
+
+
+def preference_labels(record: dict, path, number: int | None) -> tuple[str | None, str | None]:
+    """A preference row's optional ``rating`` (SPEC §7's four; "negligibly better / unsure"
+    read as "negligibly better") and ``safety_label``, checked."""
+    rating = record.get("rating")
+    if rating == "negligibly better / unsure":
+        rating = "negligibly better"
+    if rating is not None and rating not in RATINGS:
+        raise DataFileError(path, number, f"rating {rating!r} is not one of {', '.join(map(repr, RATINGS))}")
+    label = record.get("safety_label")
+    if label is not None and label not in SAFETY_LABELS:
+        raise DataFileError(path, number, f"safety_label {label!r} is not one of {', '.join(SAFETY_LABELS)}")
+    return rating, label
 
 
 def read_eval(path) -> list[dict]:

@@ -1,0 +1,189 @@
+"""Reward models on a tiny model: scoring is batch-invariant, save/load round-trips, preference
+files in both layouts parse (and fail naming file:line), fresh pairs come from a model, and
+the stage learns a preference and writes its run folder and summary.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamaforge.checkpoint import save_model
+from llamaforge.config import load_config
+from llamaforge.data.preferences import collect_model_preferences, read_preference_file
+from llamaforge.model import ModelArgs, Transformer
+from llamaforge.stages import reward as stage
+from llamaforge.world import RATINGS, Annotator, DataFileError, World
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny world, a 512-piece tokenizer trained on its corpus, and a random tiny Llama saved
+    in Meta's layout with that tokenizer."""
+    from llamaforge.tokenizer import Tokenizer, train_tokenizer
+    from llamaforge.world import write_world
+
+    root = tmp_path_factory.mktemp("reward")
+    world = World.generate(seed=0, size="tiny")
+    write_world(world, root / "world")
+    train_tokenizer(root / "world" / "corpus", root / "tokenizer.model", 512)
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_preset("tiny"))
+    save_model(model, root / "lm", format="meta", tokenizer_path=root / "tokenizer.model")
+    (root / "lm" / "tokenizer.model").write_bytes((root / "tokenizer.model").read_bytes())
+    return {"root": root, "world": world, "lm": root / "lm", "tokenizer": Tokenizer(root / "tokenizer.model"),
+            "tokenizer_path": root / "tokenizer.model"}
+
+
+def _dialogs(n):
+    return [[{"role": "user", "content": f"How old is person number {i}?"}] for i in range(n)]
+
+
+def test_scores_do_not_depend_on_batching_or_padding(tiny):
+    rm = stage.reward_model_from_checkpoint(tiny["lm"], seed=1)
+    replies = ["40.", "I do not know, and this reply is much longer than the others are.", "x", "He is 12 years old."]
+    dialogs = _dialogs(4)
+    together = rm.score(tiny["tokenizer"], dialogs, replies, batch_size=4)
+    alone = torch.cat([rm.score(tiny["tokenizer"], dialogs[i : i + 1], replies[i : i + 1]) for i in range(4)])
+    assert together.shape == (4,) and together.dtype == torch.float32
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert len(set(together.tolist())) == 4  # the reply changes the score
+    assert rm.training is False
+
+
+def test_the_head_replaces_the_lm_head_and_the_trunk_is_the_checkpoint(tiny):
+    from llamaforge import load_model
+
+    lm = load_model(tiny["lm"])
+    rm = stage.reward_model_from_checkpoint(tiny["lm"])
+    state = rm.state_dict()
+    assert "trunk.output.weight" not in state and state["head.weight"].shape == (1, lm.args.dim)
+    assert torch.equal(state["trunk.layers.1.attention.wq.weight"], lm.state_dict()["layers.1.attention.wq.weight"])
+    tokens = torch.tensor([tiny["tokenizer"].encode("[INST] hi [/INST] hello", bos=True, eos=True)])
+    expected = rm.head(lm.hidden_states(tokens)[:, -1]).squeeze(-1)
+    assert torch.allclose(rm(tokens, torch.tensor([tokens.shape[1]])), expected, atol=1e-6)
+
+
+def test_save_and_load_round_trip_and_a_clear_error_for_other_folders(tiny, tmp_path):
+    rm = stage.reward_model_from_checkpoint(tiny["lm"], seed=3)
+    rm.save(tmp_path / "rm", tiny["tokenizer_path"], kind="safety")
+    loaded, tokenizer = stage.load_reward_model(tmp_path / "rm")
+    assert loaded.info["kind"] == "safety"
+    replies = ["yes", "no thanks"]
+    assert torch.allclose(loaded.score(tokenizer, _dialogs(2), replies), rm.score(tiny["tokenizer"], _dialogs(2), replies),
+                          atol=1e-6)
+    assert not list(tmp_path.glob(".rm.tmp-*"))  # written atomically, nothing left behind
+    with pytest.raises(ValueError, match="not a reward model folder.*llamaforge reward --kind helpfulness"):
+        stage.load_reward_model(tiny["lm"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        stage.load_reward_model(tmp_path / "missing")
+
+
+def test_chunked_loss_equals_the_direct_loss(tiny):
+    from llamaforge.losses import margin_ranking_loss
+
+    rm = stage.reward_model_from_checkpoint(tiny["lm"], seed=2)
+    pairs = [{"dialog": d, "chosen": "a fine answer " * (i + 1), "rejected": "no", "rating": RATINGS[i % 4]}
+             for i, d in enumerate(_dialogs(6))]
+    sequences = stage.PairSequences(pairs, tiny["tokenizer"], 256, "large", chunk_rows=5)
+    out = stage.ranking_loss(rm, sequences.batch([0, 1, 2, 3, 4, 5]))
+    chosen = rm.score(tiny["tokenizer"], [p["dialog"] for p in pairs], [p["chosen"] for p in pairs])
+    rejected = rm.score(tiny["tokenizer"], [p["dialog"] for p in pairs], ["no"] * 6)
+    expected = margin_ranking_loss(chosen, rejected, torch.tensor([3.0, 2, 1, 0, 3, 2]), reduction="sum")
+    assert out.count == 6 and out.total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_preference_files_in_both_layouts(tmp_path):
+    prompt_rows = [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away.", "rating": "better"},
+                   {"messages": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+                                 {"role": "user", "content": "C?"}],
+                    "chosen": "D.", "rejected": "E.", "rating": "negligibly better / unsure", "safety_label": "both_safe"}]
+    pairs = read_preference_file(_write_jsonl(tmp_path / "p.jsonl", prompt_rows))
+    assert pairs[0]["dialog"] == [{"role": "user", "content": "Hi?"}] and pairs[0]["rating"] == "better"
+    assert pairs[1]["dialog"][-1]["content"] == "C?" and pairs[1]["rating"] == "negligibly better"
+    assert pairs[1]["safety_label"] == "both_safe"
+
+    transcripts = [
+        {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 5?\n\nHuman: Sure?\n\nAssistant: It is 4.",
+         "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5?\n\nHuman: Sure?\n\nAssistant: Yes, 5."},
+        {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+         "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "What."}], "rating": "slightly better"},
+    ]
+    pairs = read_preference_file(_write_jsonl(tmp_path / "t.jsonl", transcripts))
+    assert pairs[0]["dialog"] == [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5?"},
+                                  {"role": "user", "content": "Sure?"}]
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rating"]) == ("It is 4.", "Yes, 5.", None)
+    assert pairs[1]["dialog"] == [{"role": "user", "content": "Hi"}] and pairs[1]["rating"] == "slightly better"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": "Hi", "chosen": "a", "rejected": "b"}, {"prompt": "Hi", "chosen": "a"}], r"bad\.jsonl:2: missing field 'rejected'"),
+    ([{"prompt": "Hi", "chosen": "a", "rejected": "b", "rating": "great"}], r"bad\.jsonl:1: rating 'great' is not one of"),
+    ([{"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: B\n\nAssistant: y"}],
+     r"bad\.jsonl:1: .*differ before their last turn"),
+    ([{"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: A"}], r"bad\.jsonl:1: .*'rejected'.*assistant"),
+    ([{"chosen": "just text", "rejected": "other text"}], r"bad\.jsonl:1: the 'chosen' transcript must start with 'Human:'"),
+    ([{"chosen": "\n\nHuman: A\n\nAssistant: x", "rejected": "\n\nHuman: A\n\nAssistant: x"}], r"bad\.jsonl:1: .*same reply"),
+    (["{not json"], r"bad\.jsonl:1: not valid JSON"),
+])
+def test_malformed_preference_rows_name_file_and_line(tmp_path, rows, message):
+    with pytest.raises(DataFileError, match=message):
+        read_preference_file(_write_jsonl(tmp_path / "bad.jsonl", rows))
+
+
+def test_fresh_pairs_from_a_model_are_labelled_by_the_annotator(tiny):
+    from llamaforge import load_model
+
+    records = tiny["world"].prompt_records("helpful", "train")[:20]
+    rows = collect_model_preferences([load_model(tiny["lm"])], tiny["tokenizer"], records, Annotator(noise=0.0),
+                                     temperatures=(0.7, 1.3), n=12, max_new_tokens=8)
+    assert 0 < len(rows) <= 12
+    ids = {r["id"] for r in records}
+    for row in rows:
+        assert row["id"] in ids and row["rating"] in RATINGS and row["chosen"] != row["rejected"]
+
+
+def test_the_stage_learns_a_preference_and_writes_its_run(tiny, tmp_path):
+    # Chosen replies say "yes", rejected ones "no": a preference the RM can learn from scratch.
+    good = [{"prompt": f"Question {i}: is {i} a number?", "chosen": f"Yes, {i} is a number.", "rejected": "No.",
+             "rating": RATINGS[i % 4]} for i in range(160)]
+    safety = [{"prompt": f"Tell me a secret {i}.", "chosen": "I will not.", "rejected": f"Secret {i}: ok.",
+               "rating": "better", "safety_label": "chosen_safe"} for i in range(40)]
+    cfg = load_config(stage.RewardConfig, None, [
+        f"model.init_from={tiny['lm']}", f"data.helpfulness={_write_jsonl(tmp_path / 'h.jsonl', good)}",
+        f"data.safety={_write_jsonl(tmp_path / 's.jsonl', safety)}", "data.batch_pairs=8", "data.eval_fraction=0.2",
+        "train.lr=3e-3", "epochs=2", f"run.dir={tmp_path / 'run'}", "run.progress=false",
+    ])
+    result = stage.reward(cfg)
+    assert result["metrics"]["accuracy"] >= 0.9
+    assert result["metrics"]["steps"] == pytest.approx(2 * result["metrics"]["train_pairs"] / 8, abs=1)
+    rm, tokenizer = stage.load_reward_model(tmp_path / "run")
+    assert rm.info["kind"] == "helpfulness" and rm.info["reward_margin"] == "small"
+    scores = rm.score(tokenizer, _dialogs(2), ["Yes, 7 is a number.", "No."])
+    assert scores[0] > scores[1]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stage"] == "reward-helpfulness" and summary["seconds"] > 0
+    assert summary["tables"][0]["columns"][1:5] == [r.title() for r in RATINGS]
+    assert {p["kind"] for p in summary["plots"]} == {"line", "hist"}
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < losses[0]
+
+
+def test_mix_follows_the_paper_shares():
+    own = [{"dialog": [], "id": f"o{i}"} for i in range(90)]
+    other = [{"dialog": [], "id": f"x{i}"} for i in range(100)]
+    assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.9, 0)) == 10  # safety RM 90/10
+    assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.5, 0)) == 90  # helpfulness RM 50/50
+
+
+def test_cli_needs_an_init_checkpoint(capsys):
+    assert stage.main(["--kind", "safety", "run.root=/nonexistent-should-not-be-created"]) == 1
+    assert "model.init_from is required" in capsys.readouterr().err
