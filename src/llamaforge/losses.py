@@ -86,3 +86,114 @@ def margin_ranking_loss(
     if reduction == "mean":
         return per_pair.mean()
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# --------------------------------------------------------------------------- RLHF: PPO (SPEC §8)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask` is true (all of them without a mask); 0 when none is."""
+    if mask is None:
+        return values.float().mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """`log(p / (1 - p))`, the inverse of σ, with p clamped to [eps, 1 - eps] so a certain
+    score stays finite. PPO maps the reward probability Rc back to the logit scale before
+    whitening (SPEC §8: R̃c = whiten(logit(Rc)))."""
+    p = p.float().clamp(eps, 1 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor | None = None, *, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """`(x - mean) / std` over the (masked) entries, with the population std (SPEC §8
+    whitens the reward; PPO also whitens advantages). shift_mean=False keeps the mean
+    (scales only). Masked-out entries come back unchanged."""
+    x = values.float()
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out if mask is None else torch.where(mask.bool(), out, x)
+
+
+def piecewise_reward(safety: torch.Tensor, helpfulness: torch.Tensor, is_safety_prompt: torch.Tensor,
+                     threshold: float = 0.15) -> torch.Tensor:
+    """The reward Rc of SPEC §8 from the two RMs' scores as probabilities (σ of the RM output):
+    `Rs if is_safety(p) or Rs < 0.15 else Rh`. The 0.15 threshold (SPEC §8: precision 0.89,
+    recall 0.55 on safety data) lets the safety RM veto a likely unsafe reply to any prompt."""
+    use_safety = is_safety_prompt.bool() | (safety < threshold)
+    return torch.where(use_safety, safety, helpfulness)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(πθ ‖ π0) from log-probs of tokens sampled from πθ.
+
+    "k1": `log πθ - log π0` (unbiased, can be negative per token; the penalty of SPEC §8);
+    "k3": `(r - 1) - log r` with `r = π0/πθ` (unbiased and never negative; for logging).
+    """
+    delta = logprobs.float() - ref_logprobs.float()
+    if kind == "k1":
+        return delta
+    if kind == "k3":
+        return torch.expm1(-delta) + delta
+    raise ValueError(f"kind must be 'k1' or 'k3', got {kind!r}")
+
+
+def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards of the PPO objective `R = R̃c - β·KL(πθ ‖ π0)` (SPEC §8): every
+    generated token pays `-β (log πθ - log π0)`; the last one of each row also gets the
+    sequence's score R̃c. scores [B]; logprobs, ref_logprobs, mask [B, T] -> rewards [B, T]
+    (0 where mask is false). Rows need at least one generated token."""
+    mask = mask.float()
+    rewards = -kl_coef * kl_estimate(logprobs, ref_logprobs) * mask
+    last = (mask.cumsum(-1) * mask).argmax(-1)  # index of each row's last generated token
+    rewards[torch.arange(rewards.shape[0]), last] += scores.float()
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, Eq. 16) along each row:
+    `δ_t = r_t + γ V_{t+1} - V_t`, `A_t = δ_t + γ λ A_{t+1}`, with V = 0 after the last
+    token; returns = A + V (the value targets). rewards, values, mask [B, T] (mask marks
+    generated tokens; rows are left-aligned) -> (advantages, returns), 0 outside the mask."""
+    mask = mask.float()
+    values = values.float() * mask
+    rewards = rewards.float() * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), as a loss to minimise:
+    mean over tokens of `max(-A r, -A clip(r, 1-ε, 1+ε))` with `r = exp(logπ - logπ_old)`,
+    ε = 0.2 (SPEC §8). Returns (loss, clip fraction: share of tokens where clipping bites)."""
+    ratio = torch.exp(logprobs.float() - old_logprobs.float())
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction.detach()
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+    """The clipped value loss of PPO implementations (OpenAI baselines):
+    `0.5 · mean(max((V - R)², (V_old + clip(V - V_old, -ε, ε) - R)²))` over tokens."""
+    values = values.float()
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
