@@ -182,8 +182,37 @@ def test_mix_follows_the_paper_shares():
     other = [{"dialog": [], "id": f"x{i}"} for i in range(100)]
     assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.9, 0)) == 10  # safety RM 90/10
     assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.5, 0)) == 90  # helpfulness RM 50/50
+    capped = stage.mix_pairs(own, other, 0.5, 0, total=40)
+    assert len(capped) == 40 and sum(p["id"].startswith("x") for p in capped) == 20
 
 
 def test_cli_needs_an_init_checkpoint(capsys):
     assert stage.main(["--kind", "safety", "run.root=/nonexistent-should-not-be-created"]) == 1
     assert "model.init_from is required" in capsys.readouterr().err
+
+
+def test_demo_yaml_is_the_demo_config_and_paper_configs_load():
+    from llamaforge.config import config_to_dict
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "reward"
+    from_yaml = load_config(stage.RewardConfig, root / "demo.yaml", ["model.init_from=m", "run.dir=d"])
+    assert config_to_dict(from_yaml) == config_to_dict(stage.demo_config("helpfulness", "m", "d"))
+    paper = {size: load_config(stage.RewardConfig, root / f"{size}.yaml") for size in ("7B", "13B", "34B", "70B")}
+    assert paper["7B"].train.lr == 1e-5 and paper["70B"].train.lr == 5e-6  # SPEC §7
+    assert all(c.data.batch_pairs == 512 and c.epochs == 1 and c.warmup_fraction == 0.03 for c in paper.values())
+    assert stage.RewardConfig().train.lr == 1e-5  # the paper's recipe is the default
+
+
+def test_train_reward_models_writes_both_models_and_the_margin_comparison(tiny, tmp_path):
+    summary = stage.train_reward_models(tiny["lm"], tiny["world"], tmp_path, policy=str(tiny["lm"]), policy_pairs=6,
+                                        overrides=("data.max_pairs=48", "data.eval_pairs=24"))
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for kind in ("helpfulness", "safety"):
+        rm, _ = stage.load_reward_model(summary["outputs"][kind])
+        assert rm.info["kind"] == kind
+    assert 0 < summary["metrics"]["fresh_pairs/helpful"] <= 6
+    comparison = summary["tables"][-1]
+    assert [row[0] for row in comparison["rows"]] == ["small", "none"]
+    assert summary["metrics"]["helpfulness/train_pairs"] == 48
+    safety_manifest = json.loads((tmp_path / "safety" / "manifest.json").read_text())
+    assert safety_manifest["data"]["own_pairs"] == round(48 * 0.9)  # SPEC §7: 90/10

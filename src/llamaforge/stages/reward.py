@@ -28,8 +28,9 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
+from .. import distributed
 from ..checkpoint import atomic_dir, latest_checkpoint, load_state_dict, resolve_tokenizer_path
-from ..config import config_to_dict, parse_cli
+from ..config import config_to_dict, load_config, parse_cli
 from ..data import PackedBatches
 from ..losses import REWARD_MARGINS, margin_ranking_loss
 from ..model import ModelArgs, Transformer
@@ -254,12 +255,16 @@ def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
                                "score_gap": (chosen - rejected).sum().detach()})
 
 
-def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int) -> list[dict]:
-    """All of `own` plus as many of `other` (sampled, seeded) as make `own` `own_share` of the
-    mix (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled."""
+def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int, total: int = 0) -> list[dict]:
+    """`own` plus pairs of `other` (sampled, seeded) so that `own` is `own_share` of the mix
+    (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled. `total` > 0 caps the mix at
+    that many pairs, keeping the shares."""
     rng = random.Random(f"reward-mix/{seed}")
-    n_other = min(len(other), round(len(own) * (1 - own_share) / own_share)) if own_share < 1 else 0
-    mixed = list(own) + rng.sample(list(other), n_other)
+    own = list(own)
+    if total:
+        own = rng.sample(own, min(len(own), round(total * own_share)))
+    n_other = round(len(own) * (1 - own_share) / own_share) if own_share < 1 else 0
+    mixed = own + rng.sample(list(other), min(len(other), n_other))
     rng.shuffle(mixed)
     return mixed
 
@@ -350,7 +355,7 @@ class DataConfig:
     world_seed: int = 0  # seed of the built-in world
     world_size: Literal["tiny", "demo", "large"] = "demo"  # size of the built-in world
     own_share: float = 0.0  # share of the RM's own collection in its mix; 0 = SPEC §7 (helpfulness 0.5, safety 0.9)
-    max_pairs: int = 0  # training pairs after mixing, sampled (0 = all)
+    max_pairs: int = 0  # training pairs of the mix, sampled at its shares (0 = all)
     eval_fraction: float = 0.1  # share of prompts whose pairs are held out for evaluation
     eval_pairs: int = 0  # held-out pairs evaluated per collection (0 = all)
     batch_pairs: int = 512  # pairs per optimizer step (SPEC §7: 512 pairs, 1024 rows)
@@ -455,9 +460,7 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     if not own:
         raise ValueError(f"no {own_name} preference pairs to train the {cfg.kind} reward model on; "
                          f"pass data.{cfg.kind}=pairs.jsonl")
-    mixed = mix_pairs(own, other, cfg.data.own_share or OWN_SHARE[cfg.kind], cfg.seed)
-    if cfg.data.max_pairs:
-        mixed = mixed[: cfg.data.max_pairs]
+    mixed = mix_pairs(own, other, cfg.data.own_share or OWN_SHARE[cfg.kind], cfg.seed, cfg.data.max_pairs)
     held_out = {name: _cap(split[1], cfg.data.eval_pairs, cfg.seed) for name, split in splits.items() if split[1]}
 
     # Model: the checkpoint's trunk with a fresh scalar head, built on meta and filled by the core.
@@ -468,15 +471,17 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     with torch.device("meta"):
         model = RewardModel(args)
     sequences = PairSequences(mixed, tokenizer, args.max_seq_len, cfg.reward_margin)
-    micro = min(cfg.data.micro_batch_pairs, cfg.data.batch_pairs, len(sequences))
-    grad_accum = max(1, min(cfg.data.batch_pairs, len(sequences)) // micro)
-    steps = max(1, math.ceil(cfg.epochs * len(sequences) / (micro * grad_accum)))
+    dist = distributed.info()
+    micro = max(1, min(cfg.data.micro_batch_pairs, cfg.data.batch_pairs, len(sequences) // dist.world_size))
+    grad_accum = max(1, min(cfg.data.batch_pairs, len(sequences)) // (micro * dist.world_size))
+    pairs_per_step = micro * grad_accum * dist.world_size
+    steps = max(1, math.ceil(cfg.epochs * len(sequences) / pairs_per_step))
     train_cfg = dataclasses.replace(cfg.train, max_steps=steps, grad_accum=grad_accum,
                                     warmup_steps=max(5, round(cfg.warmup_fraction * steps)))  # SPEC §7
-    batches = PackedBatches(sequences, micro, seed=cfg.train.seed)
+    batches = PackedBatches(sequences, micro, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
     run.update(data={"train_pairs": len(sequences), "own_pairs": sum(map({id(p) for p in own}.__contains__, map(id, mixed))),
                      "held_out": {name: len(p) for name, p in held_out.items()}, "steps": steps,
-                     "pairs_per_step": micro * grad_accum})
+                     "pairs_per_step": pairs_per_step})
     result = train(model, batches, ranking_loss, train_cfg, run, init_state=reward_init_state(state, args, cfg.seed),
                    checkpoint_files={"tokenizer.model": tokenizer_path})
     trained = result.model
@@ -498,7 +503,8 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     run.log({"step": result.state.step, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
     seconds = time.perf_counter() - started
     write_summary(run.path, reward_summary(cfg.kind, evaluation, metrics, seconds, cfg.reward_margin))
-    return {"path": path, "run": run.path, "metrics": metrics, "evaluation": evaluation, "seconds": seconds}
+    return {"path": path, "run": run.path, "metrics": metrics, "evaluation": evaluation, "seconds": seconds,
+            "margin": cfg.reward_margin}
 
 
 def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, margin: str) -> dict:
@@ -550,3 +556,68 @@ def _world(seed: int, size: str):
     from ..world import World
 
     return World.generate(seed=seed, size=size)
+
+
+# --------------------------------------------------------------------------- the demo's entry point
+
+# The CPU demo (configs/reward/demo.yaml): the paper's recipe scaled to a ~2.4M-parameter model
+# and a 90-second budget for both reward models: fewer, smaller batches and a larger LR.
+DEMO_OVERRIDES = ("train.lr=1e-3", "data.batch_pairs=16", "data.micro_batch_pairs=16", "data.max_pairs=800",
+                  "data.eval_pairs=300", "train.log_every=5", "run.progress=false")
+
+
+def demo_config(kind: str, base: str | os.PathLike, out_dir: str | os.PathLike, *overrides: str) -> RewardConfig:
+    """The demo's config of one reward model, initialised from `base`, its run folder `out_dir`."""
+    return load_config(RewardConfig, None, [f"kind={kind}", f"model.init_from={base}", f"run.dir={out_dir}",
+                                            *DEMO_OVERRIDES, *overrides])
+
+
+def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, policy=None,
+                        policy_pairs: int = 64, compare_margin: bool = True, seed: int = 0,
+                        overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Both reward models of SPEC §7 on the built-in `world`, initialised from `base`: the
+    helpfulness RM in out_dir/helpfulness, the safety RM in out_dir/safety (each a run folder
+    with metrics.jsonl, summary.json and reward_model/). `policy` (a model or a checkpoint
+    path) adds `policy_pairs` fresh pairs per collection sampled from it at two temperatures and
+    labelled by the world's annotator. With `compare_margin`, the helpfulness RM is trained
+    again without margin on the same data and seed (out_dir/helpfulness-no-margin). Writes
+    out_dir/summary.json and returns it; its "outputs" hold the two reward model folders."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    collections = preference_collections(DataConfig(), world)
+    metrics: dict[str, Any] = {}
+    if policy is not None:
+        from ..checkpoint import load_model
+
+        tokenizer = Tokenizer(_tokenizer_path(demo_config("helpfulness", base, out_dir)))
+        model = load_model(policy) if isinstance(policy, (str, os.PathLike)) else policy
+        fresh = policy_preferences(model, tokenizer, world, policy_pairs, (0.7, 1.0), seed=seed)
+        collections = {name: collections[name] + fresh[name] for name in collections}
+        metrics.update({f"fresh_pairs/{name}": len(rows) for name, rows in fresh.items()})
+    runs = {kind: reward(demo_config(kind, base, out_dir / kind, f"seed={seed}", *overrides), collections, world)
+            for kind in ("helpfulness", "safety")}
+    summaries = [json.loads((r["run"] / "summary.json").read_text()) for r in runs.values()]
+    tables = [t for s in summaries for t in s["tables"]]
+    plots = [p for s in summaries for p in s["plots"]]
+    for kind, r in runs.items():
+        metrics.update({f"{kind}/{k}": v for k, v in r["metrics"].items() if isinstance(v, (int, float))})
+    helpful = runs["helpfulness"]["evaluation"]["helpful"]
+    effect = (f"helpfulness RM held-out accuracy 0.5 (chance) -> {helpful['accuracy']:.3f} "
+              f"(significantly better {helpful['by_rating']['significantly better']}, negligibly better "
+              f"{helpful['by_rating']['negligibly better']}); safety RM on safety pairs -> "
+              f"{runs['safety']['metrics']['accuracy']:.3f}")
+    if compare_margin:
+        plain = reward(demo_config("helpfulness", base, out_dir / "helpfulness-no-margin", f"seed={seed}",
+                                   "reward_margin=none", *overrides), collections, world)["evaluation"]["helpful"]
+        tables.append({"title": "Helpfulness RM accuracy with and without the rating margin (same data and seed)",
+                       "columns": ["margin", *(r.title() for r in RATINGS), "avg"],
+                       "rows": [[name, *(ev["by_rating"][r] for r in RATINGS), ev["accuracy"]]
+                                for name, ev in ((runs["helpfulness"]["margin"], helpful), ("none", plain))]})
+        metrics.update({"no_margin/accuracy": plain["accuracy"],
+                        **{f"no_margin/accuracy/{r}": plain["by_rating"][r] for r in RATINGS}})
+        effect += f"; without margin {plain['accuracy']:.3f}"
+    seconds = time.perf_counter() - started
+    summary = {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
+               "plots": plots, "outputs": {kind: str(r["path"]) for kind, r in runs.items()}}
+    write_summary(out_dir, summary)
+    return summary
