@@ -11,11 +11,18 @@ from .harness import evaluate, perplexity
 
 
 def load_tasks(args) -> dict[str, list[dict]]:
-    """Task name -> items, from --tasks files, a written world (--data) or a generated world."""
+    """Task name -> items, from --local benchmarks and --tasks files, else a written world (--data)
+    or a generated world."""
     from ..world import World, read_eval
+    from .loaders import load_benchmark
 
-    if args.tasks:
-        return {Path(path).stem: read_eval(path) for path in args.tasks}
+    tasks = {}
+    for spec in args.local or []:
+        name, _, path = spec.partition("=")
+        tasks[name] = load_benchmark(name, path)
+    tasks.update({Path(path).stem: read_eval(path) for path in args.tasks or []})
+    if tasks:
+        return tasks
     world = World.load(args.data) if args.data else World.generate(seed=args.world_seed, size=args.world_size)
     return dict(world.evals)
 
@@ -32,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="checkpoint: Meta dir, HF dir or llamaforge run dir")
     p.add_argument("--tokenizer", help="tokenizer.model (default: found next to the checkpoint)")
     p.add_argument("--tasks", nargs="+", help="JSONL task files (one task per file)")
+    p.add_argument("--local", nargs="+", metavar="NAME=PATH",
+                   help="local benchmark files: mmlu=, boolq=, hellaswag=, truthfulqa_mc= a file or folder in the "
+                   "usual release layout (see llamaforge.eval.loaders)")
+    p.add_argument("--task", choices=("harness", "safety"), default="harness",
+                   help="harness: the suites' accuracy; safety: TruthfulQA true+informative, ToxiGen toxic share "
+                   "and, with --chat, violation per category and false refusals on the world's eval prompts")
+    p.add_argument("--chat", action="store_true", help="the model is a chat model: prompt through the chat format")
     p.add_argument("--data", help="a world written by `llamaforge world` (uses its eval/ suites)")
     p.add_argument("--world-size", default="tiny", help="size of the generated world when no --data/--tasks")
     p.add_argument("--world-seed", type=int, default=0)
@@ -54,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llamaforge eval: {e}", file=sys.stderr)
         return 1
     tok = Tokenizer(find_tokenizer(args.model, args.tokenizer))
-    tasks = load_tasks(args)
+    if args.task == "safety":
+        return _safety(model, tok, args)
+    try:
+        tasks = load_tasks(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"llamaforge eval: {e}", file=sys.stderr)
+        return 1
     if args.suites:
         wanted = args.suites.split(",")
         unknown = sorted(set(wanted) - set(tasks))
@@ -80,4 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perplexity {path}: {value:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _safety(model, tok, args) -> int:
+    """`--task safety`: the safety evaluations of eval.safety with the world's gold judges."""
+    from ..world import World
+    from .safety import safety_eval
+
+    world = World.load(args.data) if args.data else World.generate(seed=args.world_seed, size=args.world_size)
+    suites = {name: world.evals.get(name, []) for name in ("truthfulqa", "toxigen")}
+    result = safety_eval(model, tok, suites, chat=args.chat, prompts=world.prompt_records(split="eval"),
+                         limit=args.limit, batch_size=args.batch_size)
+    for name, value in result["metrics"].items():
+        lo, hi = result["intervals"][name]
+        print(f"{name:<32} {value:.3f} [{lo:.3f}, {hi:.3f}] n={result['n'][name]}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({k: result[k] for k in ("metrics", "intervals", "n")}, indent=2) + "\n")
     return 0

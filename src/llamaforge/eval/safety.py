@@ -103,7 +103,7 @@ def safety_eval(
     """TruthfulQA and ToxiGen from `suites` (when present) and, for chat models given adversarial
     and borderline `prompts`, violation per category and false refusals. Returns one dict of
     `metrics`, `intervals`, `n` with names prefixed by the evaluation (`truthfulqa/...`,
-    `toxigen/...`, `violation/...`, `false_refusal`)."""
+    `toxigen/...`, `violation/...`, `false_refusal`); `limit` caps each suite and each prompt kind."""
     out: dict[str, Any] = {"metrics": {}, "intervals": {}, "n": {}}
 
     def merge(part: dict) -> None:
@@ -115,7 +115,8 @@ def safety_eval(
                               batch_size=batch_size))
     if suites.get("toxigen"):
         merge(toxigen_eval(model, tok, suites["toxigen"][:limit], chat=chat, toxicity=toxicity, batch_size=batch_size))
-    safety_prompts = [r for r in prompts if r.get("kind") in ("adversarial", "borderline")][:limit]
+    safety_prompts = [r for kind in ("adversarial", "borderline") for r in
+                      [r for r in prompts if r.get("kind") == kind][:limit]]
     if chat and safety_prompts:
         from .chat import chat_eval
 
