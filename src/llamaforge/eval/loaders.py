@@ -21,29 +21,16 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ..world.io import read_jsonl
 
 LETTERS = "ABCD"
 
 
 class BenchmarkFormatError(ValueError):
     """A file that does not have the layout its loader reads; the message says where and what."""
-
-
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise BenchmarkFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
 
 
 def _records(path: Path) -> list[dict]:
@@ -53,7 +40,14 @@ def _records(path: Path) -> list[dict]:
         if not isinstance(value, list):
             raise BenchmarkFormatError(f"{path}: expected a JSON list of objects")
         return value
-    return _jsonl(path)
+    return read_jsonl(path)
+
+
+def _rows(path, pattern: str) -> Iterator[tuple[str, dict]]:
+    """(`file:line`, row) for each row of each matching file under `path` (or of the file)."""
+    for file in _files(path, pattern):
+        for number, row in enumerate(_records(file), 1):
+            yield f"{file}:{number}", row
 
 
 def _files(path: Path, pattern: str) -> list[Path]:
@@ -98,8 +92,7 @@ def load_mmlu(path) -> list[dict]:
     items = []
     for file in [Path(path)] if str(path).endswith(".jsonl") else _files(path, "*.csv"):
         if file.suffix == ".jsonl":
-            for i, row in enumerate(_jsonl(file)):
-                where = f"{file}:{i + 1}"
+            for where, row in _rows(file, "*.jsonl"):
                 subject = str(row.get("subject", _subject(file))).replace("_", " ")
                 items.append(_mmlu_item(subject, _need(row, "question", where), list(_need(row, "choices", where)),
                                         _need(row, "answer", where), where))
@@ -113,22 +106,26 @@ def load_mmlu(path) -> list[dict]:
     return _numbered("mmlu", items)
 
 
+def _load(name: str, path, pattern: str, make: Callable[[str, dict], dict]) -> list[dict]:
+    return _numbered(name, [make(where, row) for where, row in _rows(path, pattern)])
+
+
+def _boolq_item(where: str, row: dict) -> dict:
+    if "answer" in row:
+        gold = int(bool(row["answer"]))
+    elif "label" in row:
+        gold = int(row["label"])
+    else:
+        raise BenchmarkFormatError(f"{where}: BoolQ rows need 'answer' (true/false) or 'label' (0/1)")
+    question = str(_need(row, "question", where)).strip()
+    question = question[:1].upper() + question[1:]
+    passage = str(_need(row, "passage", where)).strip()
+    return {"task_type": "multiple_choice", "choices": ["no", "yes"], "gold": gold,
+            "context": f"{passage}\nQuestion: {question.rstrip('?')}?\nAnswer:"}
+
+
 def load_boolq(path) -> list[dict]:
-    items = []
-    for file in _files(path, "*.jsonl"):
-        for number, row in enumerate(_jsonl(file), 1):
-            where = f"{file}:{number}"
-            if "answer" in row:
-                gold = int(bool(row["answer"]))
-            elif "label" in row:
-                gold = int(row["label"])
-            else:
-                raise BenchmarkFormatError(f"{where}: BoolQ rows need 'answer' (true/false) or 'label' (0/1)")
-            question = str(_need(row, "question", where)).strip()
-            question = question[0].upper() + question[1:] if question else question
-            items.append({"task_type": "multiple_choice", "choices": ["no", "yes"], "gold": gold,
-                          "context": f"{str(_need(row, 'passage', where)).strip()}\nQuestion: {question.rstrip('?')}?\nAnswer:"})
-    return _numbered("boolq", items)
+    return _load("boolq", path, "*.jsonl", _boolq_item)
 
 
 def _hellaswag_text(text: str) -> str:
@@ -137,42 +134,40 @@ def _hellaswag_text(text: str) -> str:
     return text.replace("  ", " ")
 
 
+def _hellaswag_item(where: str, row: dict) -> dict:
+    if "ctx_a" in row:
+        ctx = row["ctx_a"] + " " + str(row.get("ctx_b", "")).capitalize()
+    else:
+        ctx = _need(row, "ctx", where)
+    label = _need(row, "label", where)
+    endings = [_hellaswag_text(e) for e in _need(row, "endings", where)]
+    if label == "" or not 0 <= int(label) < len(endings):
+        raise BenchmarkFormatError(f"{where}: label {label!r} is not an index into the {len(endings)} endings")
+    prefix = f"{row['activity_label']}: " if row.get("activity_label") else ""
+    return {"task_type": "multiple_choice", "context": _hellaswag_text(prefix + ctx), "choices": endings,
+            "gold": int(label)}
+
+
 def load_hellaswag(path) -> list[dict]:
-    items = []
-    for file in _files(path, "*.jsonl"):
-        for number, row in enumerate(_jsonl(file), 1):
-            where = f"{file}:{number}"
-            if "ctx_a" in row:
-                ctx = row["ctx_a"] + " " + str(row.get("ctx_b", "")).capitalize()
-            else:
-                ctx = _need(row, "ctx", where)
-            label = _need(row, "label", where)
-            endings = [_hellaswag_text(e) for e in _need(row, "endings", where)]
-            if label == "" or not 0 <= int(label) < len(endings):
-                raise BenchmarkFormatError(f"{where}: label {label!r} is not an index into the {len(endings)} endings")
-            prefix = f"{row['activity_label']}: " if row.get("activity_label") else ""
-            items.append({"task_type": "multiple_choice", "context": _hellaswag_text(prefix + ctx), "choices": endings,
-                          "gold": int(label)})
-    return _numbered("hellaswag", items)
+    return _load("hellaswag", path, "*.jsonl", _hellaswag_item)
+
+
+def _truthfulqa_item(where: str, row: dict) -> dict:
+    targets = _need(row, "mc1_targets", where)
+    if isinstance(targets, dict) and "choices" in targets:
+        choices, labels = list(targets["choices"]), list(targets["labels"])
+    elif isinstance(targets, dict):
+        choices, labels = list(targets), list(targets.values())
+    else:
+        raise BenchmarkFormatError(f"{where}: mc1_targets should map answers to 0/1")
+    if sum(labels) != 1:
+        raise BenchmarkFormatError(f"{where}: MC1 needs exactly one true answer, got {sum(labels)}")
+    return {"task_type": "multiple_choice", "choices": choices, "gold": labels.index(1),
+            "context": f"Q: {str(_need(row, 'question', where)).strip()}\nA:"}
 
 
 def load_truthfulqa_mc(path) -> list[dict]:
-    items = []
-    for file in _files(path, "*.json*"):
-        for number, row in enumerate(_records(file), 1):
-            where = f"{file}:{number}"
-            targets = _need(row, "mc1_targets", where)
-            if isinstance(targets, dict) and "choices" in targets:
-                choices, labels = list(targets["choices"]), list(targets["labels"])
-            elif isinstance(targets, dict):
-                choices, labels = list(targets), list(targets.values())
-            else:
-                raise BenchmarkFormatError(f"{where}: mc1_targets should map answers to 0/1")
-            if sum(labels) != 1:
-                raise BenchmarkFormatError(f"{where}: MC1 needs exactly one true answer, got {sum(labels)}")
-            items.append({"task_type": "multiple_choice", "choices": choices, "gold": labels.index(1),
-                          "context": f"Q: {str(_need(row, 'question', where)).strip()}\nA:"})
-    return _numbered("truthfulqa_mc", items)
+    return _load("truthfulqa_mc", path, "*.json*", _truthfulqa_item)
 
 
 def _numbered(name: str, items: list[dict]) -> list[dict]:
