@@ -94,7 +94,7 @@ class FakeRewardModel:
 def test_reward_model_scorer_scores_each_reply_to_its_dialog():
     rm = FakeRewardModel()
     result = compare(RECORDS[:3], ["good good", "good", "meh"], ["good", "good", "good"],
-                     scorer=reward_model_scorer(rm, tokenizer=None))
+                     scorer=reward_model_scorer(rm, None, tokenizer=None))
     assert (result["win"], result["tie"], result["loss"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
     assert rm.calls[0][0][0] == [{"role": "user", "content": "question 0"}]
 

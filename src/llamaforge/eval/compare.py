@@ -3,8 +3,8 @@ judged by a reward model, a gold judge or a judge model, with 95% bootstrap inte
 
 Two kinds of judge:
 
-- a **scorer** `scorer(records, replies) -> list[float]` scores each reply on its own (a reward
-  model, `gold_scorer`); A wins a prompt when its score beats B's by more than `tie_margin`.
+- a **scorer** `scorer(records, replies) -> list[float]` scores each reply on its own (the reward
+  models through `reward_model_scorer` / `load_scorer`, the gold reward `gold_scorer`); A wins a prompt when its score beats B's by more than `tie_margin`.
   Order cannot matter, so each pair is scored once.
 - a **pairwise judge** `judge(record, first, second) -> "first" | "second" | "tie"` (or a number:
   > 0 first, < 0 second, 0 tie) sees both replies (a judge model such as GPT-4 in the paper, or
@@ -13,7 +13,7 @@ Two kinds of judge:
   `position_bias` reports how often the verdict followed the position rather than the reply.
 
     from llamaforge.eval.compare import compare, compare_models, reward_model_scorer
-    result = compare_models(rlhf_model, sft_model, tok, records, reward_model_scorer(rm, tok))
+    result = compare_models(rlhf_model, sft_model, tok, records, load_scorer("rm/helpfulness", "rm/safety"))
     result["win"], result["tie"], result["loss"], result["intervals"]["win"]
 """
 
@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..world import judges
+# One scorer interface for rejection sampling, PPO and comparisons: the gold reward, and Rc of
+# SPEC §8 from the reward models (`load_scorer(helpfulness_rm_dir, safety_rm_dir)`).
+from ..stages.rejection import Scorer, gold_scorer, load_scorer, reward_model_scorer  # noqa: F401
 from .chat import record_dialog
 from .harness import bootstrap_interval
 
-Scorer = Callable[[Sequence[dict], Sequence[str]], Sequence[float]]
 PairJudge = Callable[[dict, str, str], Any]
 
 FIRST, SECOND, TIE = 1, -1, 0
@@ -100,21 +101,6 @@ def compare(
     result["first_preferred"] = sum((r["a_first"] == FIRST) + (r["b_first"] == FIRST) for r in per_item) / (2 * len(per_item))
     result["per_item"] = per_item
     return result
-
-
-def gold_scorer(records: Sequence[dict], replies: Sequence[str]) -> list[float]:
-    """The built-in world's gold reward (`judges.gold_reward`) as a pointwise scorer."""
-    return [judges.gold_reward(record, reply) for record, reply in zip(records, replies)]
-
-
-def reward_model_scorer(reward_model, tokenizer, *, batch_size: int = 16) -> Scorer:
-    """A reward model (`stages.reward.RewardModel`) as a pointwise scorer of replies to records."""
-
-    def score(records: Sequence[dict], replies: Sequence[str]) -> list[float]:
-        dialogs = [record_dialog(record) for record in records]
-        return [float(s) for s in reward_model.score(tokenizer, dialogs, list(replies), batch_size=batch_size)]
-
-    return score
 
 
 JUDGE_TEMPLATE = ("Which answer to the question is more helpful and safe?\nQuestion: {prompt}\n"
