@@ -325,7 +325,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
-        if self._rope is None or self._rope.device != device:
+        # A table built under inference_mode (by generate) cannot enter autograd: rebuild it.
+        stale = self._rope is not None and self._rope.is_inference() and not torch.is_inference_mode_enabled()
+        if self._rope is None or self._rope.device != device or stale:
             self._rope = precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device)
         return self._rope
 
