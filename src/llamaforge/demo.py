@@ -185,7 +185,9 @@ def _sft_stage(ctx: Context) -> dict:
 def _reward_stage(ctx: Context) -> dict:
     from .stages.reward import train_reward_models
 
-    return train_reward_models(ctx.model("sft", "pretrain"), ctx.world, ctx.dir)
+    sft = ctx.outputs.get("sft", {}).get("model")
+    quick = ("data.max_pairs=200", "data.eval_pairs=100") if ctx.quick else ()
+    return train_reward_models(ctx.model("sft", "pretrain"), ctx.world, ctx.dir, policy=sft, overrides=quick)
 
 
 def _rlhf_stage(ctx: Context) -> dict:
