@@ -474,14 +474,16 @@ def _percent(value: Any) -> str:
     return f"{100 * value:.1f}" if _is_number(value) else "—"
 
 
-def energy_section(report: Report, run_dir: Path) -> None:
-    from .carbon import manifest_energy, sum_energy
+def energy_section(report: Report, run_dir: Path, stages: list[Stage]) -> None:
+    from .carbon import DEFAULT_WATTS, manifest_energy, sum_energy, tco2eq
 
     rows = manifest_energy([run_dir], missing_ok=True)
     if not rows:
         report.add("energy-carbon", Block("note", "stage not run: no manifest.json with an energy section in this run"))
         return
     total = sum_energy(rows)
+    metered = {Path(r["manifest"]).relative_to(run_dir).parts[0] for r in rows}
+    unmetered = [s for s in stages if s.path.name not in metered and _is_number(s.summary.get("seconds"))]
     report.table("energy-carbon", "Per stage: tCO2eq = device-hours × kW × PUE × kg/kWh / 1000",
                  ["run", "device", "device-hours", "power (W)", "kWh (facility)", "kg CO2eq"],
                  [[str(Path(r["manifest"]).parent.relative_to(run_dir)), r["device"], f"{r['device_hours']:.4f}",
@@ -489,6 +491,12 @@ def energy_section(report: Report, run_dir: Path) -> None:
                   for r in rows]
                  + [["pipeline total", "", f"{total['device_hours']:.4f}", "", f"{total['kwh']:.4f}",
                      f"{total['tco2eq'] * 1000:.5f}"]])
+    if unmetered:
+        seconds = sum(s.summary["seconds"] for s in unmetered)
+        kg = tco2eq(seconds / 3600, DEFAULT_WATTS["cpu"]) * 1000
+        report.add("energy-carbon", Block("p", f"Stages without an energy meter ({', '.join(s.name for s in unmetered)}) "
+                                               f"ran {seconds:.0f} s: about {kg:.5f} kg CO2eq more at "
+                                               f"{DEFAULT_WATTS['cpu']:.0f} W (one CPU device), not in the total above."))
     report.add("energy-carbon", Block("p", "PUE 1.1 and 0.385 kg CO2eq/kWh unless a run configured others (SPEC §12). "
                                            "For scale, the paper's pretraining of four models emitted 539 tCO2eq."))
 
@@ -503,7 +511,7 @@ def collect(run_dir: Path) -> Report:
     curve_sections(report, run_dir)
     stage_items(report, stages)
     eval_section(report, stages)
-    energy_section(report, run_dir)
+    energy_section(report, run_dir, stages)
     ran = {s.name for s in stages}
     for stage, section in STAGE_SECTIONS.items():
         if not report.sections[section]:

@@ -193,6 +193,11 @@ def test_energy_per_stage_and_pipeline_total(built):
     assert row is not None
     assert float(row.group(1)) == pytest.approx(0.13, abs=1e-4)
     assert float(row.group(3)) == pytest.approx(total_kg, abs=1e-5)
+    # Stages that keep no energy record are named, with their time at the configured CPU power.
+    unmetered_kg = (80.0 + 85.0 + 40.0) / 3600 * 65 / 1000 * 1.1 * 0.385
+    note = re.search(r"Stages without an energy meter \(([^)]*)\) ran 205 s: about ([0-9.]+) kg", s)
+    assert note is not None and note.group(1) == "reward, gatt, eval"
+    assert float(note.group(2)) == pytest.approx(unmetered_kg, abs=1e-5)
 
 
 def test_a_run_with_nothing_still_renders_every_section(tmp_path):
