@@ -1,0 +1,231 @@
+"""The iterative RLHF loop (SPEC §8): RLHF-V1..Vn, each round with the latest model.
+
+    llamaforge rlhf --iterations 2 sft=runs/demo/04-sft
+    llamaforge rlhf --config configs/rlhf/paper.yaml sft=... iterations=5
+
+Each round reads top to bottom: fresh preference pairs sampled from the latest model and
+labelled by the built-in world's annotator, both reward models retrained (SPEC §7, through
+`stages.reward.train_reward_models`), rejection sampling with the new RMs (temperature of the
+round, the kept samples of all earlier rounds), and from round `ppo_from` PPO on the result
+(SPEC §8: V1-V4 rejection sampling only, V5 rejection sampling then PPO). Every version is
+evaluated with the gold judges on held-out prompts (`eval.chat.chat_eval`): helpfulness,
+violation rate, false-refusal rate, with paired bootstrap intervals against the SFT model.
+summary.json holds the results table and the helpfulness-vs-harmlessness plot of the
+versions (the paper's Figure 11 layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from ..config import config_to_dict, load_config
+from ..eval.chat import chat_eval, paired_difference
+from ..generate import SamplingParams
+from ..report import write_json, write_summary
+from ..trainer import Run, RunConfig
+from .ppo import PPOConfig, ppo
+from .rejection import RejectionConfig, load_scorer, rejection, run_cli
+
+STAGE = "rlhf"
+
+
+def _demo_rejection() -> RejectionConfig:
+    return RejectionConfig(rejection_samples=4, prompts=160, temperatures=[0.9, 1.0])
+
+
+def _demo_ppo() -> PPOConfig:
+    # SPEC §8's PPO scaled to the CPU demo: batches of 64 replies in minibatches of 16 (the
+    # paper: 512 / 64) and a larger constant LR than the paper's 1e-6, which would not move a
+    # 2.4M-parameter model in a dozen iterations.
+    from ..trainer import TrainConfig
+
+    return PPOConfig(iterations=12, batch_size=64, minibatch_size=16, eval_every=4, eval_prompts=48, patience=2,
+                     kl_coef=0.05, max_new_tokens=64,
+                     train=TrainConfig(lr=1e-5, schedule="constant", warmup_steps=0, max_steps=1, checkpoint_every=0,
+                                       log_every=1))
+
+
+@dataclass
+class RLHFConfig:
+    """Defaults are the CPU demo (2 rounds, PPO in the last); configs/rlhf/paper.yaml is the paper's V1..V5."""
+
+    sft: str = ""  # the SFT model: the first policy, and the reward models' initialisation (SPEC §7)
+    iterations: int = 2  # rounds V1..Vn (SPEC §8: 5)
+    ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
+    policy_pairs: int = 64  # fresh preference pairs per collection sampled from the latest model each round
+    reward_overrides: list[str] = field(default_factory=list)  # key=value for both reward models (configs/reward/demo.yaml keys)
+    eval_prompts: int = 240  # held-out prompts evaluated per version (0 = all), every kind in the world's proportions
+    eval_max_new_tokens: int = 64  # reply cap in the evaluation (greedy)
+    world_seed: int = 0  # seed of the built-in world
+    world_size: Literal["tiny", "demo", "large"] = "demo"  # size of the built-in world
+    seed: int = 0  # seeds every round (round i uses seed + i)
+    run: RunConfig = field(default_factory=RunConfig)
+    rejection: RejectionConfig = field(default_factory=_demo_rejection)  # per-round settings; policy/RMs are set by the loop
+    ppo: PPOConfig = field(default_factory=_demo_ppo)  # settings of the PPO rounds; policy/RMs are set by the loop
+
+    def runs_ppo(self, round_: int) -> bool:
+        return round_ >= (self.ppo_from or self.iterations)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llamaforge rlhf [--iterations N] [--config FILE.yaml] [key=value ...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--iterations" in argv:  # `--iterations N` is the same as `iterations=N`
+        i = argv.index("--iterations")
+        argv[i : i + 2] = [f"iterations={argv[i + 1] if i + 1 < len(argv) else ''}"]
+    return run_cli(RLHFConfig, rlhf, argv, "rlhf", __doc__)
+
+
+def run_rlhf(sft_dir: str | Path, world, out_dir: str | Path, *, iterations: int = 2,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The demo's entry: `iterations` rounds from the SFT model `sft_dir` on `world`, in `out_dir`
+    (RLHFConfig defaults, then `overrides` as key=value). Returns summary.json's content plus
+    "outputs": {"model": the final policy}."""
+    cfg = load_config(RLHFConfig, None, [f"sft={sft_dir}", f"iterations={iterations}", *overrides])
+    result = rlhf(cfg, world=world, out_dir=out_dir)
+    return {**result["summary"], "outputs": {"model": str(result["path"])}}
+
+
+def evaluation_prompts(world, n: int, seed: int) -> list[dict]:
+    """`n` held-out prompts of every kind (helpful, adversarial, borderline) in the world's proportions."""
+    records = [r for kind in ("helpful", "adversarial", "borderline") for r in world.prompt_records(kind, "eval")]
+    if n and n < len(records):
+        records = random.Random(f"rlhf-eval/{seed}").sample(records, n)
+    return records
+
+
+def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the loop as `cfg` says. Returns {"path": the final policy, "run", "summary", "versions"}."""
+    from ..checkpoint import load_model
+    from .reward import train_reward_models
+    from .rejection import policy_tokenizer
+
+    started = time.perf_counter()
+    if not cfg.sft:
+        raise ValueError("sft is required: the SFT model the loop starts from (llamaforge sft's output)")
+    if cfg.iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {cfg.iterations}")
+    if world is None:
+        from ..world import World
+
+        world = World.generate(seed=cfg.world_seed, size=cfg.world_size)
+    run_cfg = cfg.run if out_dir is None else dataclasses.replace(cfg.run, dir=str(out_dir))
+    run = Run.start(run_cfg, STAGE, config_to_dict(cfg), seeds={"rlhf": cfg.seed}, parent=cfg.sft)
+    _, tokenizer = policy_tokenizer(cfg.sft)
+    eval_records = evaluation_prompts(world, cfg.eval_prompts, cfg.seed)
+    eval_params = SamplingParams(temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens)
+
+    def evaluate(name: str, policy: str | Path) -> dict[str, Any]:
+        result = chat_eval(load_model(policy), tokenizer, eval_records, params=eval_params)
+        result["name"], result["policy"] = name, str(policy)
+        run.log({"version": name, **{f"eval/{k}": v for k, v in result["metrics"].items()}})
+        return result
+
+    versions = [evaluate("SFT", cfg.sft)]
+    policy: str | Path = cfg.sft
+    pools: list[str] = []
+    rounds = []
+    for i in range(1, cfg.iterations + 1):
+        round_dir = run.path / f"round-{i}"
+        round_started = time.perf_counter()
+        rms = train_reward_models(cfg.sft, world, round_dir / "reward", policy=str(policy),
+                                  policy_pairs=cfg.policy_pairs, compare_margin=False, seed=cfg.seed + i,
+                                  overrides=cfg.reward_overrides)
+        helpful_rm, safety_rm = rms["outputs"]["helpfulness"], rms["outputs"]["safety"]
+        scorer = load_scorer(helpful_rm, safety_rm, safety_threshold=cfg.rejection.safety_threshold)
+        rs = rejection(dataclasses.replace(cfg.rejection, policy=str(policy), iteration=i, previous=list(pools),
+                                           helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed),
+                       scorer=scorer, world=world, out_dir=round_dir / "rejection")
+        pools.append(str(rs["run"]))
+        policy = rs["path"]
+        versions.append(evaluate(f"RLHF-V{i}" + (" (RS)" if cfg.runs_ppo(i) else ""), policy))
+        info = {"round": i, "rm_accuracy/helpfulness": rms["metrics"].get("helpfulness/accuracy"),
+                "rm_accuracy/safety": rms["metrics"].get("safety/accuracy"), "rs": rs["summary"]["metrics"]}
+        if cfg.runs_ppo(i):
+            trained = ppo(dataclasses.replace(cfg.ppo, policy=str(policy), helpfulness_rm=helpful_rm, safety_rm=safety_rm,
+                                              seed=cfg.seed + i), scorer=scorer, world=world, out_dir=round_dir / "ppo")
+            policy = trained["path"]
+            info["ppo"] = trained["summary"]["metrics"]
+            info["ppo_warnings"] = trained["summary"]["warnings"]
+            versions.append(evaluate(f"RLHF-V{i} (PPO)", policy))
+        info["seconds"] = round(time.perf_counter() - round_started, 2)
+        rounds.append(info)
+        run.log({"round": i, "seconds": info["seconds"]})
+
+    write_json(run.path / "versions.json", [{k: v for k, v in ver.items()} for ver in versions])
+    summary = rlhf_summary(versions, rounds, time.perf_counter() - started)
+    write_summary(run.path, summary)
+    run.update(outputs={"policy": str(policy)})
+    run.close("finished")
+    return {"path": Path(policy), "run": run.path, "summary": summary, "versions": versions}
+
+
+def _difference(before: dict, after: dict, metric: str) -> dict[str, float] | None:
+    try:
+        return paired_difference(before, after, metric)
+    except ValueError:
+        return None
+
+
+def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> dict[str, Any]:
+    """summary.json: the versions' gold-judged results with paired intervals against SFT and the
+    previous version, and helpfulness vs harmlessness (1 - violation rate) per version."""
+    sft = versions[0]
+    columns = ["version", "helpfulness", "Δ vs SFT [95% CI]", "Δ vs previous [95% CI]", "violation rate",
+               "Δ violation vs SFT [95% CI]", "false refusal", "parsed"]
+    rows, metrics = [], {}
+
+    def cell(d: dict | None) -> str:
+        return "" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+    for j, ver in enumerate(versions):
+        m = ver["metrics"]
+        vs_sft = _difference(sft, ver, "helpfulness") if j else None
+        vs_prev = _difference(versions[j - 1], ver, "helpfulness") if j else None
+        viol = _difference(sft, ver, "violation") if j else None
+        rows.append([ver["name"], round(m.get("helpfulness", 0.0), 4), cell(vs_sft), cell(vs_prev),
+                     round(m.get("violation", 0.0), 4), cell(viol), round(m.get("false_refusal", 0.0), 4),
+                     round(m.get("parsed", 0.0), 4)])
+        key = ver["name"]
+        for name in ("helpfulness", "violation", "false_refusal", "parsed"):
+            if name in m:
+                metrics[f"{key}/{name}"] = m[name]
+        for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol)):
+            if d is not None:
+                metrics.update({f"{key}/{label}": d["diff"], f"{key}/{label}_lo": d["lo"], f"{key}/{label}_hi": d["hi"]})
+    final = versions[-1]
+    gain = _difference(sft, final, "helpfulness")
+    effect = (f"gold helpfulness SFT {sft['metrics'].get('helpfulness', 0):.3f} -> {final['name']} "
+              f"{final['metrics'].get('helpfulness', 0):.3f} ({cell(gain)}); violation rate "
+              f"{sft['metrics'].get('violation', 0):.3f} -> {final['metrics'].get('violation', 0):.3f}; "
+              f"false refusal {sft['metrics'].get('false_refusal', 0):.3f} -> {final['metrics'].get('false_refusal', 0):.3f}")
+    for r in rounds:
+        if "ppo" in r:
+            effect += f"; PPO KL {r['ppo']['kl_final']:.2f} nats per reply (β {r['ppo']['kl_coef']})"
+            metrics[f"round-{r['round']}/ppo_kl"] = r["ppo"]["kl_final"]
+        metrics[f"round-{r['round']}/seconds"] = r["seconds"]
+        for name in ("rm_accuracy/helpfulness", "rm_accuracy/safety"):
+            if r.get(name) is not None:
+                metrics[f"round-{r['round']}/{name}"] = r[name]
+    harmless = {ver["name"]: {"x": [ver["metrics"].get("helpfulness", 0.0)],
+                              "y": [1.0 - ver["metrics"].get("violation", 0.0)]} for ver in versions}
+    path = {"x": [v["metrics"].get("helpfulness", 0.0) for v in versions],
+            "y": [1.0 - v["metrics"].get("violation", 0.0) for v in versions]}
+    plots = [{"title": "Evolution of the versions: gold helpfulness vs harmlessness (paper Figure 11 layout)",
+              "kind": "line", "xlabel": "helpfulness (gold judge)", "ylabel": "harmlessness (1 - violation rate)",
+              "series": {"path": path, **harmless}}]
+    round_rows = [[r["round"], r.get("rm_accuracy/helpfulness"), r.get("rm_accuracy/safety"),
+                   round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4), r["rs"]["pool"],
+                   round(r["ppo"]["kl_final"], 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
+    tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
+               "columns": columns, "rows": rows},
+              {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "safety RM acc", "RS median reward",
+                                              "RS max reward", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
+    return {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
+            "plots": plots, "warnings": [w for r in rounds for w in r.get("ppo_warnings", [])]}
