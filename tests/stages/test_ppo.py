@@ -14,12 +14,8 @@ from llamaforge.generate import SamplingParams
 from llamaforge.stages import ppo as stage
 from llamaforge.trainer import RunConfig, TrainConfig
 
-from .rl_fixtures import build_tiny
+from .test_reward import tiny  # noqa: F401  (the tiny world, tokenizer and model of the reward tests)
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("ppo"))
 
 
 def letter_share(records, replies):

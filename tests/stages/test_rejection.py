@@ -13,12 +13,8 @@ from llamaforge import load_model
 from llamaforge.stages import rejection as stage
 from llamaforge.trainer import RunConfig, TrainConfig
 
-from .rl_fixtures import build_tiny
+from .test_reward import tiny  # noqa: F401  (the tiny world, tokenizer and model of the reward tests)
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("rejection"))
 
 
 def test_max_median_curve_by_hand():
