@@ -11,7 +11,7 @@ also resumes mid-way from its newest checkpoint). A stage whose code has not lan
 module or function does not import) is skipped with a line saying so.
 
 Adding a stage is a few lines: write `def _mystage(ctx): ...; return summary` and put
-`Stage("mystage", budget_s, _mystage, requires=("llamaforge.stages.mystage", "function"))`
+`Stage("mystage", budget_s, _mystage, requires=("llamaforge.stages.mystage:function",))`
 in `STAGES` where it belongs.
 """
 
@@ -21,6 +21,7 @@ import argparse
 import importlib
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,20 +47,19 @@ class Stage:
     name: str
     budget_s: float  # demo preset on 2 idle cores; the ETA adds these up
     run: Callable[[Context], dict]
-    requires: tuple[str, str] | None = None  # (module, function) the stage calls; skipped until it imports
+    requires: tuple[str, ...] = ()  # "module:function" the stage calls; skipped until all of them import
     quick_budget_s: float | None = None  # with --quick (default: a tenth of budget_s)
 
     def missing(self) -> str | None:
         """Why the stage cannot run yet (its code has not landed), or None."""
-        if self.requires is None:
-            return None
-        module, function = self.requires
-        try:
-            loaded = importlib.import_module(module)
-        except ImportError as e:
-            return f"{module} does not import yet ({e})"
-        if not callable(getattr(loaded, function, None)):
-            return f"{module}.{function} has not landed yet"
+        for requirement in self.requires:
+            module, _, function = requirement.partition(":")
+            try:
+                loaded = importlib.import_module(module)
+            except ImportError as e:
+                return f"{module} does not import yet ({e})"
+            if not callable(getattr(loaded, function, None)):
+                return f"{module}.{function} has not landed yet"
         return None
 
     def budget(self, quick: bool) -> float:
@@ -193,7 +193,10 @@ def _reward_stage(ctx: Context) -> dict:
 def _rlhf_stage(ctx: Context) -> dict:
     from .stages.rlhf import run_rlhf
 
-    return run_rlhf(ctx.model("sft"), ctx.world, ctx.dir, iterations=2)
+    quick = ("eval_prompts=48", "policy_pairs=16", "reward_overrides=data.max_pairs=200,data.eval_pairs=100",
+             "rejection.prompts=32", "ppo.iterations=2", "ppo.batch_size=16", "ppo.minibatch_size=8",
+             "ppo.eval_prompts=16", "ppo.max_new_tokens=32") if ctx.quick else ()
+    return run_rlhf(ctx.model("sft"), ctx.world, ctx.dir, iterations=2, overrides=quick)
 
 
 def _gatt_stage(ctx: Context) -> dict:
@@ -280,11 +283,12 @@ STAGES: list[Stage] = [
     Stage("world", 10, _world_stage, quick_budget_s=2),
     Stage("tokenizer", 20, _tokenizer_stage, quick_budget_s=5),
     Stage("pretrain", 300, _pretrain_stage, quick_budget_s=60),
-    Stage("sft", 75, _sft_stage, requires=("llamaforge.stages.sft", "run_demo_sft")),
-    Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward", "train_reward_models")),
-    Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf", "run_rlhf")),
-    Stage("gatt", 90, _gatt_stage, requires=("llamaforge.stages.gatt", "run_demo_gatt")),
-    Stage("distill", 75, _distill_stage, requires=("llamaforge.stages.distill", "run_demo_distill")),
+    Stage("sft", 75, _sft_stage, requires=("llamaforge.stages.sft:run_demo_sft",)),
+    Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
+    # The loop fine-tunes through the SFT loop (rejection sampling), so it needs SFT's code too.
+    Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf:run_rlhf", "llamaforge.stages.sft:finetune")),
+    Stage("gatt", 90, _gatt_stage, requires=("llamaforge.stages.gatt:run_demo_gatt",)),
+    Stage("distill", 75, _distill_stage, requires=("llamaforge.stages.distill:run_demo_distill",)),
     Stage("eval", 60, _eval_stage, quick_budget_s=20),
     Stage("report", 10, _report_stage, quick_budget_s=5),
 ]
@@ -308,8 +312,10 @@ def run_pipeline(root: Path, stages: list[Stage] | None = None, *, quick: bool =
                  out=print) -> dict:
     """Run (or continue) every stage in order; returns the pipeline record (also `root/pipeline.json`).
 
-    A stage runs only when its folder holds no summary.json (the report always runs again).
-    Raises StageStopped when a stage stops; what finished before it is kept.
+    A stage runs only when its folder holds no summary.json (the report always runs again). A
+    stage that raises is recorded as failed (`record["failed"]`) and the others still run, so the
+    report shows what did work; the next invocation tries it again. Raises StageStopped when a
+    stage is interrupted (SIGINT) or stops itself; what finished before it is kept.
     """
     stages = STAGES if stages is None else stages
     root.mkdir(parents=True, exist_ok=True)
@@ -339,6 +345,15 @@ def run_pipeline(root: Path, stages: list[Stage] | None = None, *, quick: bool =
                 summary = dict(stage.run(ctx) or {})
             except KeyboardInterrupt:
                 raise StageStopped(f"interrupted in stage {stage.name}", 130) from None
+            except StageStopped:
+                raise
+            except Exception as e:  # noqa: BLE001 - one broken stage must not hide the others' results
+                traceback.print_exc()
+                reason = f"failed after {time.time() - begin:.0f} s: {type(e).__name__}: {e}"
+                out(f"{label} {reason}")
+                record["stages"].append({"stage": stage.name, "status": "failed", "note": reason})
+                record["failed"] = record.get("failed", []) + [stage.name]
+                continue
             summary.setdefault("stage", stage.name)
             summary.setdefault("seconds", round(time.time() - begin, 1))
             folder.mkdir(parents=True, exist_ok=True)
@@ -357,7 +372,8 @@ def summary_table(record: dict) -> str:
     lines = [f"{'stage':<10} {'time':>7}  effect", f"{'-' * 10} {'-' * 7}  {'-' * 40}"]
     for entry in record["stages"]:
         seconds = f"{entry['seconds']:.0f} s" if entry.get("seconds") is not None else ""
-        effect = entry.get("effect") if entry["status"] == "done" else f"stage not run: {entry.get('note', '')}"
+        status, note = entry["status"], entry.get("note", "")
+        effect = entry.get("effect") if status == "done" else note if status == "failed" else f"stage not run: {note}"
         lines.append(f"{entry['stage']:<10} {seconds:>7}  {effect}")
     lines.append(f"{'total':<10} {record['seconds']:>5.0f} s")
     return "\n".join(lines)
@@ -387,4 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary_table(record))
     print(f"\nreport: {root / 'report.html'} (Markdown: {root / 'report.md'})")
+    if record.get("failed"):
+        print(f"llamaforge demo: stage(s) {', '.join(record['failed'])} failed (see above); fix and run the same "
+              "command again to continue", file=sys.stderr)
+        return 1
     return 0

@@ -23,8 +23,8 @@ def _fake_stages(calls: list[str], fail_at: str | None = None):
         return run
 
     return [Stage("one", 1, make("one")), Stage("two", 1, make("two")),
-            Stage("later", 1, make("later"), requires=("llamaforge.stages.not_written_yet", "run")),
-            Stage("half", 1, make("half"), requires=("llamaforge.demo", "no_such_function")),
+            Stage("later", 1, make("later"), requires=("llamaforge.stages.not_written_yet:run",)),
+            Stage("half", 1, make("half"), requires=("llamaforge.demo:run_pipeline", "llamaforge.demo:no_such_function")),
             Stage("three", 1, make("three"))]
 
 
@@ -50,6 +50,27 @@ def test_pipeline_skips_unlanded_stages_and_resumes_after_an_interruption(tmp_pa
     assert [e["status"] for e in record["stages"]] == ["done", "done", "skipped", "skipped", "done"]
     table = demo.summary_table(record)
     assert "one done" in table and "stage not run: llamaforge.stages.not_written_yet" in table
+
+
+def test_a_failing_stage_is_recorded_the_others_still_run_and_a_rerun_retries_it(tmp_path, capsys):
+    attempts = []
+
+    def flaky(ctx):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("out of disk")
+        return {"effect": "worked the second time"}
+
+    calls: list[str] = []
+    stages = [*_fake_stages(calls)[:2], Stage("flaky", 1, flaky), Stage("after", 1, lambda ctx: {"effect": "ran"})]
+    lines: list[str] = []
+    record = run_pipeline(tmp_path, stages, out=lines.append)
+    assert record["failed"] == ["flaky"] and [e["status"] for e in record["stages"]] == ["done", "done", "failed", "done"]
+    assert any(re.match(r"\[3/4\] flaky +failed after \d+ s: RuntimeError: out of disk", x) for x in lines)
+    assert "out of disk" in demo.summary_table(record)
+    assert "RuntimeError: out of disk" in capsys.readouterr().err  # the traceback, for whoever fixes it
+    again = run_pipeline(tmp_path, stages, out=lines.append)
+    assert "failed" not in again and len(attempts) == 2 and calls == ["one", "two"]
 
 
 def test_pipeline_stages_are_in_the_paper_order():
