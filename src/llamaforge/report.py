@@ -106,6 +106,7 @@ class Stage:
     name: str
     path: Path
     summary: dict
+    label: str = ""  # how tables name it; nested stages show their path (rlhf/round-2/ppo)
 
 
 def write_summary(folder: str | os.PathLike, summary: dict) -> Path:
@@ -171,6 +172,23 @@ def discover_stages(run_dir: Path) -> list[Stage]:
                        "status": manifest.get("status", "no summary.json yet")}
         stages.append(Stage(name=summary.get("stage") or name, path=path, summary=summary))
     return stages
+
+
+def discover_nested(run_dir: Path, stages: list[Stage]) -> list[Stage]:
+    """Summaries inside stage folders (the RLHF loop's round-N/rejection, round-N/ppo, ...) of
+    stages that have no folder of their own in the run, so their figures still reach the report."""
+    top = {s.name for s in stages}
+    nested = []
+    for stage in stages:
+        for path in sorted(stage.path.rglob("summary.json")):
+            if path.parent == stage.path:
+                continue
+            summary = read_json(path)
+            name = (summary or {}).get("stage") or path.parent.name
+            if summary is not None and name not in top:
+                label = str(path.parent.relative_to(run_dir)).replace(stage.path.name, stage.name, 1)
+                nested.append(Stage(name=name, path=path.parent, summary=summary, label=label))
+    return nested
 
 
 def _is_number(value: Any) -> bool:
@@ -374,8 +392,9 @@ def markdown_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def curve_sections(report: Report, run_dir: Path) -> None:
-    """Loss curves of every trainer log; PPO-style logs (with a KL column) also go to PPO."""
+def curve_sections(report: Report, run_dir: Path, *, ppo_curves: bool = True) -> None:
+    """Loss curves of every trainer log; PPO-style logs (with a KL column) also go to PPO unless
+    `ppo_curves` is off (the PPO stage drew its own)."""
     logs = sorted(run_dir.rglob("metrics.jsonl"))
     drew_loss = False
     for log in logs:
@@ -389,7 +408,7 @@ def curve_sections(report: Report, run_dir: Path) -> None:
                                         "series": series})
             drew_loss = True
         kl_keys = sorted({k for r in rows for k in r if re.search(r"(^|_|/)kl($|_|/)", k) and _is_number(r[k])})
-        if kl_keys:
+        if kl_keys and ppo_curves:
             reward_keys = sorted({k for r in rows for k in r if "reward" in k and _is_number(r[k])})
             for keys, label in ((reward_keys, "reward"), (kl_keys, "KL")):
                 curves = {k: {"x": [r.get("step", i) for i, r in enumerate(rows) if _is_number(r.get(k))],
@@ -404,20 +423,22 @@ def curve_sections(report: Report, run_dir: Path) -> None:
 def stage_items(report: Report, stages: list[Stage]) -> None:
     """Every stage's tables and plots, routed to their sections."""
     for stage in stages:
-        summary = stage.summary
+        summary, label = stage.summary, stage.label or stage.name
+        plots = summary.get("plots") or []
+        draws_figure11 = any(route(plot, stage.name) == "rlhf-versions" for plot in plots)
         for table in summary.get("tables") or []:
             section = route(table, stage.name)
-            report.table(section, f"{stage.name}: {table.get('title', '')}", table.get("columns") or [],
+            report.table(section, f"{label}: {table.get('title', '')}", table.get("columns") or [],
                          [[fmt(c) for c in row] for row in table.get("rows") or []])
-            if section == "rlhf-versions":
+            if section == "rlhf-versions" and not draws_figure11:
                 figure11(report, table)
-        for plot in summary.get("plots") or []:
+        for plot in plots:
             report.plot(route(plot, stage.name), plot)
         if stage.name in STAGE_SECTIONS and STAGE_SECTIONS[stage.name] != "eval-table":
             metrics = {k: v for k, v in (summary.get("metrics") or {}).items() if _is_number(v)}
             if summary.get("effect"):
-                report.add(STAGE_SECTIONS[stage.name], Block("p", f"**{stage.name}**: {summary['effect']}"))
-            if metrics:
+                report.add(STAGE_SECTIONS[stage.name], Block("p", f"**{label}**: {summary['effect']}"))
+            if metrics and not stage.label:
                 report.table(STAGE_SECTIONS[stage.name], f"{stage.name}: metrics", ["metric", "value"],
                              [[k, fmt(v)] for k, v in metrics.items()])
 
@@ -506,13 +527,14 @@ def collect(run_dir: Path) -> Report:
     report = Report()
     stages = discover_stages(run_dir)
     pipeline = read_json(run_dir / "pipeline.json")
+    nested = discover_nested(run_dir, stages)
     summary_section(report, stages, pipeline)
     audit_section(report, run_dir)
-    curve_sections(report, run_dir)
-    stage_items(report, stages)
+    stage_items(report, stages + nested)
+    curve_sections(report, run_dir, ppo_curves=not any(b.kind == "image" for b in report.sections["ppo-curves"]))
     eval_section(report, stages)
     energy_section(report, run_dir, stages)
-    ran = {s.name for s in stages}
+    ran = {s.name for s in stages + nested}
     for stage, section in STAGE_SECTIONS.items():
         if not report.sections[section]:
             report.add(section, Block("note", f"stage not run: no {stage} stage in this run"

@@ -85,6 +85,13 @@ def make_fake_run(root: Path, *, with_distill: bool = False) -> Path:
                               "median": {"x": [1, 2, 4, 8], "y": [0.3, 0.31, 0.3, 0.31]}}}],
     })
 
+    # The loop's own stage folders: rejection sampling per round, PPO in the last, RMs retrained.
+    _write(rlhf / "round-1" / "rejection" / "summary.json", {
+        "stage": "rejection", "effect": "best of 4: gold 0.41 -> 0.49",
+        "plots": [{"title": "Rejection sampling: reward of the best of K (paper Figure 7)", "kind": "line",
+                   "series": {"max": {"x": [1, 2, 4], "y": [0.3, 0.4, 0.5]}}}]})
+    _write(rlhf / "round-1" / "reward" / "summary.json", {
+        "stage": "reward", "tables": [{"title": "Round 1 RM table", "columns": ["a"], "rows": [[1]]}]})
     gatt = run / "05-gatt"
     _write(gatt / "summary.json", {
         "stage": "gatt", "effect": "adherence turns 10-20: 0.31 -> 0.93", "seconds": 85.0,
@@ -147,6 +154,10 @@ def test_figures_and_tables_are_routed_to_their_sections(built):
     assert "Accuracy by rating bucket" in s["rm-accuracy"] and "Negligibly Better / Unsure" in s["rm-accuracy"]
     assert "0.910" in s["rm-accuracy"]
     assert "Instruction adherence vs turn" in s["gatt-adherence"]
+    # Nested stage folders of the loop reach their sections, unless a top-level stage of that kind exists.
+    assert "reward of the best of K (paper Figure 7)" in s["rejection-sampling"]
+    assert "<strong>rlhf/round-1/rejection</strong>: best of 4: gold 0.41 -&gt; 0.49" in s["rejection-sampling"]
+    assert "Round 1 RM table" not in html_text
     assert "A stage-specific table" in s["gatt-adherence"]
     # The PPO log (a KL column) gives reward and KL curves, found under a nested folder.
     assert "round-2/ppo: KL per step" in s["ppo-curves"] and "round-2/ppo: reward per step" in s["ppo-curves"]
@@ -246,3 +257,16 @@ def test_cli_writes_both_files_and_names_a_missing_folder(tmp_path, capsys):
     assert (run / "report.html").exists() and (run / "report.md").exists()
     assert report.main([str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_figure11_is_drawn_once_when_the_stage_draws_its_own(tmp_path):
+    table = {"title": "RLHF versions", "columns": ["version", "helpfulness", "violation rate"],
+             "rows": [["SFT", 0.4, 0.3], ["V2", 0.5, 0.1]]}
+    own = {"title": "gold helpfulness vs harmlessness (paper Figure 11 layout)", "kind": "line",
+           "series": {"path": {"x": [0.4, 0.5], "y": [0.7, 0.9]}}}
+    _write(tmp_path / "own" / "01-rlhf" / "summary.json", {"stage": "rlhf", "tables": [table], "plots": [own]})
+    _write(tmp_path / "table" / "01-rlhf" / "summary.json", {"stage": "rlhf", "tables": [table]})
+    for name in ("own", "table"):
+        html_path, _ = build_report(tmp_path / name)
+        section = _sections(html_path.read_text())["rlhf-versions"]
+        assert section.count("<img") == 1, name
