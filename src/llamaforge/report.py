@@ -393,20 +393,19 @@ def markdown_blocks(text: str) -> list[Block]:
 
 
 def curve_sections(report: Report, run_dir: Path, *, ppo_curves: bool = True) -> None:
-    """Loss curves of every trainer log; PPO-style logs (with a KL column) also go to PPO unless
-    `ppo_curves` is off (the PPO stage drew its own)."""
-    logs = sorted(run_dir.rglob("metrics.jsonl"))
-    drew_loss = False
-    for log in logs:
+    """Loss curves of every trainer log, one figure per stage folder (its nested runs, e.g. the
+    loop's reward models, as more curves); PPO-style logs (with a KL column) also go to PPO
+    unless `ppo_curves` is off (the PPO stage drew its own)."""
+    figures: dict[str, dict] = {}
+    for log in sorted(run_dir.rglob("metrics.jsonl")):
         rows = read_jsonl(log)
-        name = str(log.parent.relative_to(run_dir)) or "run"
-        losses = {key: [r for r in rows if _is_number(r.get(key)) and _is_number(r.get("step"))]
-                  for key in ("loss", "val_loss")}
-        series = {key: {"x": [r["step"] for r in kept], "y": [r[key] for r in kept]} for key, kept in losses.items() if kept}
-        if series:
-            report.plot("loss-curves", {"title": f"{name}: loss", "kind": "line", "xlabel": "step", "ylabel": "loss",
-                                        "series": series})
-            drew_loss = True
+        name = str(log.parent.relative_to(run_dir))
+        top, _, inner = name.partition("/") if name != "." else ("run", "", "")
+        for key in ("loss", "val_loss"):
+            kept = [r for r in rows if _is_number(r.get(key)) and _is_number(r.get("step"))]
+            if kept:
+                label = f"{inner}: {key}" if inner else key
+                figures.setdefault(top, {})[label] = {"x": [r["step"] for r in kept], "y": [r[key] for r in kept]}
         kl_keys = sorted({k for r in rows for k in r if re.search(r"(^|_|/)kl($|_|/)", k) and _is_number(r[k])})
         if kl_keys and ppo_curves:
             reward_keys = sorted({k for r in rows for k in r if "reward" in k and _is_number(r[k])})
@@ -416,7 +415,10 @@ def curve_sections(report: Report, run_dir: Path, *, ppo_curves: bool = True) ->
                 if curves:
                     report.plot("ppo-curves", {"title": f"{name}: {label} per step", "kind": "line", "xlabel": "step",
                                                "ylabel": label, "series": curves})
-    if not drew_loss:
+    for top, series in figures.items():
+        report.plot("loss-curves", {"title": f"{top}: loss", "kind": "line", "xlabel": "step", "ylabel": "loss",
+                                    "series": series})
+    if not figures:
         report.add("loss-curves", Block("note", "stage not run: no trainer metrics.jsonl with a loss in this run"))
 
 

@@ -162,6 +162,8 @@ def test_figures_and_tables_are_routed_to_their_sections(built):
     # The PPO log (a KL column) gives reward and KL curves, found under a nested folder.
     assert "round-2/ppo: KL per step" in s["ppo-curves"] and "round-2/ppo: reward per step" in s["ppo-curves"]
     assert "01-pretrain: loss" in s["loss-curves"] and "02-sft: loss" in s["loss-curves"]
+    # One loss figure per stage folder: the loop's nested PPO log is a curve of 04-rlhf's figure.
+    assert "04-rlhf: loss" in s["loss-curves"] and s["loss-curves"].count("<img") == 3
     assert "encyclopedia" in s["data-audit"]
 
 
