@@ -260,15 +260,22 @@ def _eval_stage(ctx: Context) -> dict:
         safety[name] = {"truthfulqa": result["metrics"].get("truthfulqa/true_and_informative"),
                         "toxigen": result["metrics"].get("toxigen/toxic")}
         metrics.update({f"{name}/{k}": v for k, v in result["metrics"].items()})
+    chat_rows = [[name, *(metrics.get(f"{name}/{k}") for k in ("helpfulness", "violation", "false_refusal", "parsed"))]
+                 for name, (_, chat) in models.items() if chat]
     first = ACADEMIC_SUITES[0]
     effect = " -> ".join(f"{academic[n].get(first, float('nan')):.3f} ({n})" for n in models)
     safety_effect = "; ".join(f"{n}: TruthfulQA {s['truthfulqa'] or 0:.1%} true+informative, "
                               f"ToxiGen {s['toxigen'] or 0:.1%} toxic" for n, s in safety.items())
+    safety_effect += "".join(f"; {row[0]}: violation {row[2]:.1%}, false refusal {row[3]:.1%} on held-out prompts"
+                             for row in chat_rows if row[2] is not None and row[3] is not None)
     return {"effect": f"{first} {FEWSHOT}-shot accuracy {effect}; {safety_effect}",
             "metrics": metrics,
             "eval_table": {"academic": academic, "safety": safety},
             "tables": [{"title": f"World suites, {FEWSHOT}-shot multiple-choice accuracy [95% CI]",
-                        "columns": ["suite", "n", "chance", *models], "rows": rows}]}
+                        "columns": ["suite", "n", "chance", *models], "rows": rows}]
+            + ([{"title": "Chat model on held-out prompts (gold judges)",
+                 "columns": ["model", "helpfulness (borderline)", "violation (adversarial)", "false refusal", "parsed"],
+                 "rows": chat_rows}] if chat_rows else [])}
 
 
 def _report_stage(ctx: Context) -> dict:

@@ -104,3 +104,37 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in (run / "03-pretrain" / "checkpoints").iterdir()) == checkpoints
     again = json.loads((run / "09-eval" / "summary.json").read_text())
     assert again["metrics"] == evals["metrics"]  # same models, same items: same figures
+
+
+def test_eval_stage_scores_a_chat_model_beside_the_pretrained_one(tmp_path):
+    """The eval stage's chat path (safety prompts through the chat format) on a stand-in chat
+    model: a copy of a tiny pretrained checkpoint."""
+    import shutil
+
+    import torch
+
+    from llamaforge.checkpoint import save_model
+    from llamaforge.model import ModelArgs, Transformer
+    from llamaforge.tokenizer import train_tokenizer
+    from llamaforge.world import World, write_world
+
+    world = World.generate(seed=0, size="tiny")
+    write_world(world, tmp_path / "world")
+    tok = train_tokenizer(world.pretraining_documents(), tmp_path / "tokenizer.model", 400)
+    torch.manual_seed(0)
+    save_model(Transformer(ModelArgs.from_preset("tiny", vocab_size=tok.vocab_size, max_seq_len=256)),
+               tmp_path / "pretrained", format="meta")
+    shutil.copytree(tmp_path / "pretrained", tmp_path / "chat")
+    ctx = demo.Context(root=tmp_path, eval_limit=6, stage="eval", dirs={"eval": tmp_path / "09-eval"},
+                       outputs={"world": {"world": str(tmp_path / "world")},
+                                "tokenizer": {"tokenizer": str(tmp_path / "tokenizer.model")},
+                                "pretrain": {"model": str(tmp_path / "pretrained")},
+                                "sft": {"model": str(tmp_path / "chat")}})
+    summary = demo._eval_stage(ctx)
+    assert set(summary["eval_table"]["academic"]) == {"untrained", "pretrained", "final chat"}
+    assert set(summary["eval_table"]["safety"]) == {"pretrained", "final chat"}
+    # Same weights: the same multiple-choice scores; the chat model alone is asked the safety prompts.
+    assert summary["eval_table"]["academic"]["final chat"] == summary["eval_table"]["academic"]["pretrained"]
+    assert "final chat/violation" in summary["metrics"] and "pretrained/violation" not in summary["metrics"]
+    chat_table = summary["tables"][1]
+    assert chat_table["rows"][0][0] == "final chat" and "violation" in summary["effect"]
