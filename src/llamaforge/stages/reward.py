@@ -222,7 +222,7 @@ class PairSequences:
     the rejected rows, cut into length-sorted chunks of `chunk_rows` (each padded only to its own
     longest row: replies vary a lot in length), and each pair's margin."""
 
-    def __init__(self, pairs: Sequence[dict], tokenizer, max_len: int, margin: str, chunk_rows: int = 16):
+    def __init__(self, pairs: Sequence[dict], tokenizer, max_len: int, margin: str, chunk_rows: int = 8):
         self.chosen = [encode_pair(tokenizer, p["dialog"], p["chosen"], max_len) for p in pairs]
         self.rejected = [encode_pair(tokenizer, p["dialog"], p["rejected"], max_len) for p in pairs]
         self.margins = rating_margins([p.get("rating") for p in pairs], margin)
@@ -594,6 +594,7 @@ def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLi
         fresh = policy_preferences(model, tokenizer, world, policy_pairs, (0.7, 1.0), seed=seed)
         collections = {name: collections[name] + fresh[name] for name in collections}
         metrics.update({f"fresh_pairs/{name}": len(rows) for name, rows in fresh.items()})
+        metrics["fresh_pairs/seconds"] = round(time.perf_counter() - started, 2)
     runs = {kind: reward(demo_config(kind, base, out_dir / kind, f"seed={seed}", *overrides), collections, world)
             for kind in ("helpfulness", "safety")}
     summaries = [json.loads((r["run"] / "summary.json").read_text()) for r in runs.values()]
@@ -601,6 +602,7 @@ def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLi
     plots = [p for s in summaries for p in s["plots"]]
     for kind, r in runs.items():
         metrics.update({f"{kind}/{k}": v for k, v in r["metrics"].items() if isinstance(v, (int, float))})
+        metrics[f"{kind}/seconds"] = round(r["seconds"], 2)
     helpful = runs["helpfulness"]["evaluation"]["helpful"]
     effect = (f"helpfulness RM held-out accuracy 0.5 (chance) -> {helpful['accuracy']:.3f} "
               f"(significantly better {helpful['by_rating']['significantly better']}, negligibly better "
