@@ -199,14 +199,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _matplotlib():
+    """matplotlib's Figure class (drawn with the Agg canvas, no pyplot state), or None."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    return plt
+    return Figure
 
 
 def _thin(xs: list, ys: list) -> tuple[list, list]:
@@ -224,52 +222,51 @@ def render_plot(plot: dict) -> bytes | None:
     "hist" histograms each series' values (`values`, else `y`), "scatter" marks each series'
     points and labels them with `labels` when given.
     """
-    plt = _matplotlib()
-    if plt is None:
+    figure_class = _matplotlib()
+    if figure_class is None:
         return None
     kind = plot.get("kind", "line")
     series = plot.get("series") or {}
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
-    try:
-        if kind == "bar":
-            categories: list = []
-            for s in series.values():
-                categories += [str(x) for x in s.get("x", []) if str(x) not in categories]
-            width = 0.8 / max(1, len(series))
-            for i, (label, s) in enumerate(series.items()):
-                values = dict(zip(map(str, s.get("x", [])), s.get("y", [])))
-                positions = [c + i * width - 0.4 + width / 2 for c in range(len(categories))]
-                ax.bar(positions, [_float(values.get(c)) for c in categories], width, label=label)
-            ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0, fontsize=8)
-        elif kind == "hist":
-            for label, s in series.items():
-                values = [v for v in (s.get("values") or s.get("y") or s.get("x") or []) if _is_number(v)]
-                ax.hist(values, bins=min(30, max(5, len(values) // 5 or 5)), alpha=0.6, label=label)
-        else:
-            for label, s in series.items():
-                xs, ys = s.get("x") or list(range(len(s.get("y", [])))), s.get("y", [])
-                points = [(x, _float(y)) for x, y in zip(xs, ys)]
-                xs, ys = _thin([p[0] for p in points], [p[1] for p in points])
-                if kind == "scatter":
-                    ax.plot(xs, ys, marker="o", linestyle="-" if s.get("connect", True) else "", label=label)
-                    for x, y, text in zip(xs, ys, s.get("labels") or []):
-                        ax.annotate(str(text), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-                else:
-                    ax.plot(xs, ys, marker="o" if len(xs) <= 25 else None, markersize=3, label=label)
-        ax.set_title(plot.get("title", ""), fontsize=10)
-        ax.set_xlabel(plot.get("xlabel", ""))
-        ax.set_ylabel(plot.get("ylabel", ""))
-        if plot.get("logy"):
-            ax.set_yscale("log")
-        if len(series) > 1 or kind == "scatter":
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+    fig = figure_class(figsize=(6.4, 3.6), dpi=80)
+    # Fixed margins instead of tight_layout: that costs a second full draw of every figure.
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.9, bottom=0.2 if kind == "bar" else 0.14)
+    ax = fig.add_subplot()
+    if kind == "bar":
+        categories: list = []
+        for s in series.values():
+            categories += [str(x) for x in s.get("x", []) if str(x) not in categories]
+        width = 0.8 / max(1, len(series))
+        for i, (label, s) in enumerate(series.items()):
+            values = dict(zip(map(str, s.get("x", [])), s.get("y", [])))
+            positions = [c + i * width - 0.4 + width / 2 for c in range(len(categories))]
+            ax.bar(positions, [_float(values.get(c)) for c in categories], width, label=label)
+        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0, fontsize=8)
+    elif kind == "hist":
+        for label, s in series.items():
+            values = [v for v in (s.get("values") or s.get("y") or s.get("x") or []) if _is_number(v)]
+            ax.hist(values, bins=min(30, max(5, len(values) // 5 or 5)), alpha=0.6, label=label)
+    else:
+        for label, s in series.items():
+            xs, ys = s.get("x") or list(range(len(s.get("y", [])))), s.get("y", [])
+            points = [(x, _float(y)) for x, y in zip(xs, ys)]
+            xs, ys = _thin([p[0] for p in points], [p[1] for p in points])
+            if kind == "scatter":
+                ax.plot(xs, ys, marker="o", linestyle="-" if s.get("connect", True) else "", label=label)
+                for x, y, text in zip(xs, ys, s.get("labels") or []):
+                    ax.annotate(str(text), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            else:
+                ax.plot(xs, ys, marker="o" if len(xs) <= 25 else None, markersize=3, label=label)
+    ax.set_title(plot.get("title", ""), fontsize=10)
+    ax.set_xlabel(plot.get("xlabel", ""))
+    ax.set_ylabel(plot.get("ylabel", ""))
+    if plot.get("logy"):
+        ax.set_yscale("log")
+    if len(series) > 1 or kind == "scatter":
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def _float(value: Any) -> float:
