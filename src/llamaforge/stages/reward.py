@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--kind" in argv:  # `--kind X` is the same as `kind=X`
         i = argv.index("--kind")
         argv[i : i + 2] = [f"kind={argv[i + 1] if i + 1 < len(argv) else ''}"]
-    cfg = parse_cli(RewardConfig, argv, prog="llamaforge reward", description=__doc__.split("\n\n")[0])
+    cfg = parse_cli(RewardConfig, argv, prog="llamaforge reward",
+                    description=__doc__.split("\n\n")[0] + "\n`--kind K` is the same as `kind=K`.")
     try:
         result = reward(cfg)
     except (FileNotFoundError, ValueError) as e:
