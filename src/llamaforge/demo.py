@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import sys
 import time
 import traceback
@@ -135,11 +136,13 @@ def _tokenizer_stage(ctx: Context) -> dict:
     corpus = input_files([Path(ctx.output("world")) / "corpus"])
     path = ctx.dir / "tokenizer.model"
     tok = train_tokenizer(iter_documents(corpus), path, vocab)
-    sample = " ".join(ctx.world.pretraining_documents(shuffle=False).__next__().split()[:60])
-    pieces = len(tok.encode(sample, bos=False, eos=False))
-    return {"effect": f"{vocab}-piece BPE tokenizer: {len(sample.split())} words -> {pieces} tokens "
-                      f"({pieces / max(1, len(sample.split())):.2f} tokens per word)",
-            "metrics": {"vocab_size": vocab, "tokens_per_word": pieces / max(1, len(sample.split()))},
+    # Compression on 500 documents: bytes per token (1.0 would be byte-level) and tokens per word.
+    sample = list(itertools.islice(ctx.world.pretraining_documents(), 500))
+    tokens = sum(len(tok.encode(text, bos=False, eos=False)) for text in sample)
+    n_bytes, words = sum(len(text.encode("utf-8")) for text in sample), sum(len(text.split()) for text in sample)
+    return {"effect": f"{vocab}-piece BPE tokenizer: {n_bytes / tokens:.2f} bytes per token (byte-level: 1.00), "
+                      f"{tokens / words:.2f} tokens per word on 500 documents",
+            "metrics": {"vocab_size": vocab, "bytes_per_token": n_bytes / tokens, "tokens_per_word": tokens / words},
             "outputs": {"tokenizer": str(path)}}
 
 

@@ -184,10 +184,11 @@ def discover_nested(run_dir: Path, stages: list[Stage]) -> list[Stage]:
             if path.parent == stage.path:
                 continue
             summary = read_json(path)
-            name = (summary or {}).get("stage") or path.parent.name
-            if summary is not None and name not in top:
+            # "reward-helpfulness" is a part of a reward stage: its kind is the part before - or /.
+            kind = re.split(r"[-/]", str((summary or {}).get("stage") or path.parent.name))[0]
+            if summary is not None and kind not in top:
                 label = str(path.parent.relative_to(run_dir)).replace(stage.path.name, stage.name, 1)
-                nested.append(Stage(name=name, path=path.parent, summary=summary, label=label))
+                nested.append(Stage(name=kind, path=path.parent, summary=summary, label=label))
     return nested
 
 

@@ -92,6 +92,10 @@ def make_fake_run(root: Path, *, with_distill: bool = False) -> Path:
                    "series": {"max": {"x": [1, 2, 4], "y": [0.3, 0.4, 0.5]}}}]})
     _write(rlhf / "round-1" / "reward" / "summary.json", {
         "stage": "reward", "tables": [{"title": "Round 1 RM table", "columns": ["a"], "rows": [[1]]}]})
+    _write(rlhf / "round-1" / "reward" / "helpfulness" / "summary.json", {
+        "stage": "reward-helpfulness", "tables": [{"title": "Round 1 helpfulness RM", "columns": ["a"], "rows": [[1]]}]})
+    _write(reward / "safety" / "summary.json", {
+        "stage": "reward-safety", "plots": [{"title": "Inner safety RM plot", "series": {"a": {"x": [1], "y": [1]}}}]})
     gatt = run / "05-gatt"
     _write(gatt / "summary.json", {
         "stage": "gatt", "effect": "adherence turns 10-20: 0.31 -> 0.93", "seconds": 85.0,
@@ -157,7 +161,9 @@ def test_figures_and_tables_are_routed_to_their_sections(built):
     # Nested stage folders of the loop reach their sections, unless a top-level stage of that kind exists.
     assert "reward of the best of K (paper Figure 7)" in s["rejection-sampling"]
     assert "<strong>rlhf/round-1/rejection</strong>: best of 4: gold 0.41 -&gt; 0.49" in s["rejection-sampling"]
-    assert "Round 1 RM table" not in html_text
+    assert "Round 1 RM table" not in html_text and "Round 1 helpfulness RM" not in html_text
+    assert "Inner safety RM plot" not in html_text  # a part of the reward stage, which summarises it
+    assert not [sid for sid in s if sid.startswith("stage-")]
     assert "A stage-specific table" in s["gatt-adherence"]
     # The PPO log (a KL column) gives reward and KL curves, found under a nested folder.
     assert "round-2/ppo: KL per step" in s["ppo-curves"] and "round-2/ppo: reward per step" in s["ppo-curves"]
