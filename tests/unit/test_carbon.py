@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,29 @@ def test_cli_modes(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         carbon.main([])
+
+
+def test_per_run_rows_and_pipeline_total(tmp_path, capsys):
+    run = tmp_path / "demo"
+    _write_manifest(run / "03-pretrain", _energy(2.0))
+    _write_manifest(run / "06-rlhf/round-2/ppo", _energy(0.5))
+    (run / "09-eval").mkdir(parents=True)
+    (run / "09-eval" / "manifest.json").write_text(json.dumps({"stage": "eval"}))  # not metered
+    rows = carbon.manifest_energy([run], missing_ok=True)
+    assert [Path(r["manifest"]).parent.name for r in rows] == ["03-pretrain", "ppo"]
+    assert carbon.sum_energy(rows)["device_hours"] == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="no 'energy' section"):
+        carbon.manifest_energy([run])
+    assert carbon.manifest_energy([tmp_path / "empty-run"], missing_ok=True) == []
+
+    text = carbon.format_runs(rows, run)
+    lines = text.splitlines()
+    assert lines[1].split()[:3] == ["03-pretrain", "cpux1", "2.0000"]
+    assert lines[2].split()[:3] == ["06-rlhf/round-2/ppo", "cpux1", "0.5000"]
+    total_kg = 2.5 * 0.1 * 1.1 * 0.385  # 100 W, SPEC §12 factors, in kg
+    assert lines[-1].split()[0] == "total" and float(lines[-1].split()[-1]) == pytest.approx(total_kg, abs=1e-5)
+
+    (run / "09-eval" / "manifest.json").unlink()
+    assert carbon.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "06-rlhf/round-2/ppo" in out and "2 manifests: 2.5000 device-hours" in out
