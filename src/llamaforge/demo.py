@@ -265,12 +265,18 @@ def _eval_stage(ctx: Context) -> dict:
         metrics.update({f"{name}/{k}": v for k, v in result["metrics"].items()})
     chat_rows = [[name, *(metrics.get(f"{name}/{k}") for k in ("helpfulness", "violation", "false_refusal", "parsed"))]
                  for name, (_, chat) in models.items() if chat]
+    sft = ctx.outputs.get("sft", {}).get("model")
+    comparison = (_model_based(ctx, models["final chat"][0], load_model(sft), tok, metrics)
+                  if "final chat" in models and sft and Path(sft) != final else None)
     first = ACADEMIC_SUITES[0]
     effect = " -> ".join(f"{academic[n].get(first, float('nan')):.3f} ({n})" for n in models)
     safety_effect = "; ".join(f"{n}: TruthfulQA {s['truthfulqa'] or 0:.1%} true+informative, "
                               f"ToxiGen {s['toxigen'] or 0:.1%} toxic" for n, s in safety.items())
     safety_effect += "".join(f"; {row[0]}: violation {row[2]:.1%}, false refusal {row[3]:.1%} on held-out prompts"
                              for row in chat_rows if row[2] is not None and row[3] is not None)
+    if comparison:
+        _, win, tie, loss, _ = comparison["rows"][0]
+        safety_effect += f"; final vs SFT by the gold judge: win {win:.0%}, tie {tie:.0%}, loss {loss:.0%}"
     return {"effect": f"{first} {FEWSHOT}-shot accuracy {effect}; {safety_effect}",
             "metrics": metrics,
             "eval_table": {"academic": academic, "safety": safety},
@@ -278,7 +284,34 @@ def _eval_stage(ctx: Context) -> dict:
                         "columns": ["suite", "n", "chance", *models], "rows": rows}]
             + ([{"title": "Chat model on held-out prompts (gold judges)",
                  "columns": ["model", "helpfulness (borderline)", "violation (adversarial)", "false refusal", "parsed"],
-                 "rows": chat_rows}] if chat_rows else [])}
+                 "rows": chat_rows}] if chat_rows else [])
+            + ([comparison] if comparison else [])}
+
+
+def _model_based(ctx: Context, final, sft, tok, metrics: dict) -> dict:
+    """Win / tie / loss of the final chat model against the SFT model on held-out helpful prompts,
+    judged by the gold reward and by the reward models (SPEC §11's model-based evaluation)."""
+    from .eval.chat import record_dialog
+    from .eval.compare import compare, gold_scorer, load_scorer
+    from .generate import SamplingParams, chat_replies
+
+    records = ctx.world.prompt_records("helpful", "eval")[: min(ctx.eval_limit, 48)]
+    dialogs = [record_dialog(r) for r in records]
+    params = SamplingParams(max_new_tokens=64)
+    replies = [[c.text or "" for c in chat_replies(m, tok, dialogs, params)] for m in (final, sft)]
+    scorers = {"gold reward": gold_scorer}
+    reward = ctx.outputs.get("reward", {})
+    if reward.get("helpfulness"):
+        scorers["reward models (Rc, SPEC §8)"] = load_scorer(reward["helpfulness"], reward.get("safety", ""))
+    rows = []
+    for name, scorer in scorers.items():
+        result = compare(records, *replies, scorer=scorer)
+        lo, hi = result["intervals"]["win_minus_loss"]
+        rows.append([name, result["win"], result["tie"], result["loss"],
+                     f"{result['win_minus_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}]"])
+        metrics.update({f"final_vs_sft/{name}/{k}": result[k] for k in ("win", "tie", "loss")})
+    return {"title": f"Model-based evaluation: final chat model vs SFT on {len(records)} held-out helpful prompts",
+            "columns": ["judge", "win", "tie", "loss", "win - loss [95% CI]"], "rows": rows}
 
 
 def _report_stage(ctx: Context) -> dict:

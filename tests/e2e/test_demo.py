@@ -138,3 +138,11 @@ def test_eval_stage_scores_a_chat_model_beside_the_pretrained_one(tmp_path):
     assert "final chat/violation" in summary["metrics"] and "pretrained/violation" not in summary["metrics"]
     chat_table = summary["tables"][1]
     assert chat_table["rows"][0][0] == "final chat" and "violation" in summary["effect"]
+
+    # A later chat model beside the SFT one: the model-based comparison, here of equal weights.
+    shutil.copytree(tmp_path / "pretrained", tmp_path / "rlhf")
+    ctx.outputs["rlhf"] = {"model": str(tmp_path / "rlhf")}
+    summary = demo._eval_stage(ctx)
+    table = summary["tables"][-1]
+    assert table["title"].startswith("Model-based evaluation") and table["rows"][0][:4] == ["gold reward", 0.0, 1.0, 0.0]
+    assert "final vs SFT by the gold judge: win 0%, tie 100%, loss 0%" in summary["effect"]
