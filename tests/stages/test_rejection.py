@@ -82,17 +82,17 @@ def test_gold_scorer_and_pools():
     best = [{"record": record, "reply": "4", "reward": 0.9, "gold": 1.0, "finished": True},
             {"record": record, "reply": "5", "reward": 0.1, "gold": 0.0, "finished": False}]
     dialogs = stage.dialogs_of(best)
-    assert len(dialogs) == 1 and dialogs[0]["messages"][-1] == {"role": "assistant", "content": "4"}
+    assert len(dialogs) == 2 and dialogs[0]["messages"][-1] == {"role": "assistant", "content": "4"}
     earlier = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     pool = stage.merge_pools(earlier, dialogs + dialogs)
-    assert pool[0] == earlier[0] and len(pool) == 2  # earlier rounds stay; duplicates kept once
+    assert pool[0] == earlier[0] and len(pool) == 3  # earlier rounds stay; duplicates kept once
 
 
 def test_the_stage_fine_tunes_on_the_kept_samples_and_keeps_earlier_rounds(tiny, tmp_path):
     pytest.importorskip("llamaforge.stages.sft")
     cfg = stage.RejectionConfig(policy=str(tiny["lm"]), helpfulness_rm="gold", rejection_samples=3, prompts=12,
                                 max_new_tokens=24, world_size="tiny", iteration=2, temperatures=[0.7, 1.1],
-                                train=TrainConfig(lr=1e-3, warmup_steps=1, max_steps=3, checkpoint_every=0, log_every=1),
+                                epochs=0.5, train=TrainConfig(lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1),
                                 run=RunConfig(progress=False))
     earlier = tmp_path / "earlier"
     earlier.mkdir()

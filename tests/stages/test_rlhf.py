@@ -1,0 +1,60 @@
+"""The RLHF loop: the results table and the Figure 11 plot from gold-judged versions, the
+round schedule (PPO from a configurable round), and one round end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llamaforge.eval.chat import summarize
+from llamaforge.stages import rlhf as stage
+
+from .test_reward import tiny  # noqa: F401  (the tiny world, tokenizer and model of the reward tests)
+
+
+def _version(name, helpful, violation):
+    items = [{"id": f"h{i}", "kind": "helpful", "helpfulness": h, "parsed": 1.0} for i, h in enumerate(helpful)]
+    items += [{"id": f"a{i}", "kind": "adversarial", "violation": v, "category": "c", "parsed": 1.0}
+              for i, v in enumerate(violation)]
+    return {**summarize(items), "name": name}
+
+
+def test_summary_table_and_figure_11_plot():
+    versions = [_version("SFT", [0.0, 0.2, 0.4, 0.2], [1, 1, 0, 1]),
+                _version("RLHF-V1", [0.5, 0.7, 0.9, 0.7], [1, 0, 0, 0])]
+    rounds = [{"round": 1, "seconds": 3.0, "rm_accuracy/helpfulness": 0.7, "rm_accuracy/safety": 0.8,
+               "rs": {"reward/median_of_k": 0.4, "reward/max_of_k": 0.6, "pool": 10},
+               "ppo": {"kl_final": 1.5, "kl_coef": 0.05}}]
+    summary = stage.rlhf_summary(versions, rounds, 5.0)
+    table = summary["tables"][0]
+    assert [row[0] for row in table["rows"]] == ["SFT", "RLHF-V1"]
+    assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft"] == pytest.approx(0.5)  # every item +0.5
+    assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft_lo"] == pytest.approx(0.5)
+    assert summary["metrics"]["RLHF-V1/violation_vs_sft"] == pytest.approx(-0.5)
+    assert summary["metrics"]["round-1/ppo_kl"] == 1.5
+    plot = summary["plots"][0]
+    assert plot["series"]["path"] == {"x": [0.2, 0.7], "y": [0.25, 0.75]}  # helpfulness vs 1 - violation
+    assert "0.200 -> RLHF-V1 0.700" in summary["effect"] and "0.750 -> 0.250" in summary["effect"]
+
+
+def test_ppo_runs_in_the_last_round_by_default_or_from_a_given_round():
+    cfg = stage.RLHFConfig(iterations=3)
+    assert [cfg.runs_ppo(i) for i in (1, 2, 3)] == [False, False, True]
+    cfg = stage.RLHFConfig(iterations=3, ppo_from=2)
+    assert [cfg.runs_ppo(i) for i in (1, 2, 3)] == [False, True, True]
+
+
+def test_one_round_end_to_end(tiny, tmp_path):
+    pytest.importorskip("llamaforge.stages.sft")
+    overrides = ["world_size=tiny", "policy_pairs=8", "eval_prompts=12", "eval_max_new_tokens=16",
+                 "reward_overrides=data.max_pairs=48,data.eval_pairs=24",
+                 "rejection.prompts=8", "rejection.rejection_samples=2", "rejection.max_new_tokens=16",
+                 "rejection.epochs=0.5", "ppo.iterations=2", "ppo.batch_size=8", "ppo.minibatch_size=4",
+                 "ppo.max_new_tokens=12", "ppo.eval_prompts=4", "ppo.eval_every=0", "run.progress=false"]
+    result = stage.run_rlhf(tiny["lm"], tiny["world"], tmp_path / "rlhf", iterations=1, overrides=overrides)
+    summary = json.loads((tmp_path / "rlhf" / "summary.json").read_text())
+    assert [row[0] for row in summary["tables"][0]["rows"]] == ["SFT", "RLHF-V1 (RS)", "RLHF-V1 (PPO)"]
+    assert (tmp_path / "rlhf" / "round-1" / "reward" / "helpfulness").is_dir()
+    assert (tmp_path / "rlhf" / "round-1" / "rejection" / "summary.json").exists()
+    assert result["outputs"]["model"] == str(tmp_path / "rlhf" / "round-1" / "ppo")
