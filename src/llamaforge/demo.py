@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root) / name
     limit = args.eval_limit or (40 if args.quick else 120)
     print(f"llamaforge demo -> {root}", flush=True)
+    started = time.time()
     try:
         record = run_pipeline(root, quick=args.quick, eval_limit=limit, out=lambda line: print(line, flush=True))
     except StageStopped as e:
@@ -445,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     print()
     print(summary_table(record))
-    print(f"\nreport: {root / 'report.html'} (Markdown: {root / 'report.md'})")
+    print(f"\nthis invocation: {time.time() - started:.0f} s wall; stages of all invocations: {record['seconds']:.0f} s")
+    print(f"report: {root / 'report.html'} (Markdown: {root / 'report.md'})")
     if record.get("failed"):
         print(f"llamaforge demo: stage(s) {', '.join(record['failed'])} failed (see above); fix and run the same "
               "command again to continue", file=sys.stderr)
