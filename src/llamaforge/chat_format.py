@@ -12,7 +12,7 @@ which tokens are prompt and which are answer, so SFT can mask the loss by messag
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
@@ -178,11 +178,14 @@ def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def assistant_mask(segments: Iterable[Segment], *, last_turn_only: bool = False) -> list[bool]:
+def assistant_mask(
+    segments: Iterable[Segment], *, last_turn_only: bool = False, turns: Collection[int] | None = None
+) -> list[bool]:
     """Per token of the concatenated segments: True where the SFT loss applies (SPEC §6).
 
     That is the assistant's answers, each with its EOS; prompts get no loss. With
-    `last_turn_only`, only the final answer gets loss, as Ghost Attention trains (SPEC §9).
+    `last_turn_only`, only the final answer gets loss, as Ghost Attention trains (SPEC §9);
+    `turns` (answer indices, 0 = the first answer) limits the loss to those answers.
     """
     segments = list(segments)
     answer_turns = [segment.turn for segment in segments if segment.role == "answer"]
@@ -190,6 +193,7 @@ def assistant_mask(segments: Iterable[Segment], *, last_turn_only: bool = False)
     mask: list[bool] = []
     for segment in segments:
         gets_loss = segment.role == "answer" and (not last_turn_only or segment.turn == last_answer_turn)
+        gets_loss = gets_loss and (turns is None or segment.turn in turns)
         mask += [gets_loss] * len(segment.tokens)
     return mask
 

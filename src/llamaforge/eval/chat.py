@@ -56,7 +56,8 @@ def chat_eval(
     Returns {"metrics": {name: mean}, "intervals": {name: (lo, hi)}, "n": {name: count},
     "per_item": [{"id", "kind", "response", scores...}]}. Metrics with no records are absent.
     """
-    params = params or SamplingParams(max_new_tokens=64)
+    # Room for the world's longest answers: a reply cut by the limit counts as not parsed.
+    params = params or SamplingParams(max_new_tokens=160)
     records = list(records)
     completions = chat_replies(
         model, tokenizer, [record_dialog(r, system) for r in records], params, batch_size=batch_size, progress=progress
