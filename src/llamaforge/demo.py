@@ -228,7 +228,6 @@ def _eval_stage(ctx: Context) -> dict:
     from .model import Transformer
     from .tokenizer import Tokenizer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     world, limit = ctx.world, ctx.eval_limit
     tok = Tokenizer(ctx.output("tokenizer"))
     pretrained = load_model(ctx.model("pretrain"))
