@@ -50,7 +50,6 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import NATIVE_WEIGHTS, atomic_dir
-from .losses import masked_lm_loss
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -146,11 +145,13 @@ LossFn = Callable[[nn.Module, Any], LossOutput]
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Next-token loss on {"inputs", "targets"} (targets -100 where no loss): pretraining, SFT."""
-    logits = model(batch["inputs"])
+    """Next-token loss on {"inputs", "targets"} (targets -100 where no loss): pretraining, SFT.
+
+    Through the model's fused cross-entropy: the logits are never held at once, and rows
+    without a target (SFT's prompt tokens, SPEC §6) skip the vocabulary projection."""
     targets = batch["targets"]
-    counted = (targets != -100).sum()
-    return LossOutput(masked_lm_loss(logits, targets, reduction="sum"), counted, tokens=targets.numel())
+    total = model(batch["inputs"], targets=targets)
+    return LossOutput(total, (targets != -100).sum(), tokens=targets.numel())
 
 
 class NonFiniteError(RuntimeError):

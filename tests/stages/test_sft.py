@@ -33,13 +33,14 @@ def _losses(run_dir):
 def test_sft_lowers_the_answer_loss_and_loads(tiny, tmp_path):
     dialogs = tiny["world"].sft[:48]
     out = stage.finetune(tiny["lm"], dialogs, tmp_path / "sft", train=_train(), batch_size=8, epochs=3,
-                         progress=False)
+                         progress=False, eval_dialogs=tiny["world"].sft[48:64])
     losses = _losses(out)
     first, last = losses[min(losses)], losses[max(losses)]
     assert last < 0.8 * first, losses
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["data"]["dialogs"] == 48
     assert manifest["data"]["loss_tokens"] < manifest["data"]["tokens"]  # prompts carry no loss
+    assert 0 < manifest["final"]["val_loss"] < first  # held-out dialogs improve too
     model = load_model(out)
     assert model.args == load_model(tiny["lm"]).args
 

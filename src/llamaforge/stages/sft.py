@@ -33,7 +33,7 @@ from ..chat_format import ChatFormatError, assistant_mask, encode_dialog_segment
 from ..config import config_to_dict, parse_cli
 from ..data import PackedBatches
 from ..model import IGNORE_INDEX, Transformer
-from ..trainer import LossOutput, Run, RunConfig, TrainConfig, TrainResult
+from ..trainer import Run, RunConfig, TrainConfig, TrainResult, causal_lm_loss, evaluate
 from ..trainer import train as train_loop
 
 STAGE = "sft"
@@ -159,14 +159,6 @@ def build_examples(tok, dialogs: Sequence[dict]) -> list[tuple[list[int], list[b
     return out
 
 
-def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Summed next-token loss over the answer tokens (prompt tokens are IGNORE_INDEX, SPEC §6);
-    the vocabulary projection runs only on those rows (the model's fused cross-entropy)."""
-    targets = batch["targets"]
-    total = model(batch["inputs"], targets=targets)
-    return LossOutput(total, (targets != IGNORE_INDEX).sum(), tokens=targets.numel())
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -246,15 +238,12 @@ def finetune(
         val_batches = [val.batch(range(i, min(i + batch_size, len(val)))) for i in range(0, len(val), batch_size)]
 
         def eval_fn(m: torch.nn.Module) -> dict[str, float]:
-            losses = [sft_loss(m, b) for b in val_batches]
-            total = sum(float(x.total) for x in losses)
-            count = sum(float(x.count) for x in losses)
-            return {"loss": total / max(count, 1.0)}
+            return evaluate(m, val_batches, causal_lm_loss)
 
     with torch.device("meta"):
         model = Transformer(init_args)
     batches = PackedBatches(data, batch_size, seed=train_cfg.seed)
-    result: TrainResult = train_loop(model, batches, sft_loss, train_cfg, run, eval_fn=eval_fn, init_state=init_state,
+    result: TrainResult = train_loop(model, batches, causal_lm_loss, train_cfg, run, eval_fn=eval_fn, init_state=init_state,
                                 checkpoint_files={"tokenizer.model": tokenizer_path})
     run.update(final={**result.eval_metrics, "step": result.state.step, "loss": result.metrics.get("loss")},
                seconds=time.perf_counter() - started)
