@@ -61,6 +61,7 @@ class RLHFConfig:
 
     sft: str = ""  # the SFT model: the first policy, and the reward models' initialisation (SPEC §7)
     iterations: int = 2  # rounds V1..Vn (SPEC §8: 5)
+    reward: Literal["rm", "gold"] = "rm"  # rm: the retrained reward models (the paper); gold: the gold judge as the reward, a ceiling run that skips the RMs
     ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
     policy_pairs: int = 48  # fresh preference pairs per collection sampled from the latest model each round
     reward_overrides: list[str] = field(default_factory=lambda: list(DEMO_REWARD_OVERRIDES))  # key=value for both RMs (configs/reward/demo.yaml keys)
@@ -138,13 +139,17 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
     for i in range(1, cfg.iterations + 1):
         round_dir = run.path / f"round-{i}"
         round_started = time.perf_counter()
-        rms = train_reward_models(cfg.sft, world, round_dir / "reward", policy=str(policy),
-                                  policy_pairs=cfg.policy_pairs, compare_margin=False, seed=cfg.seed + i,
-                                  overrides=cfg.reward_overrides)
-        helpful_rm, safety_rm = rms["outputs"]["helpfulness"], rms["outputs"]["safety"]
+        if cfg.reward == "gold":
+            rms, helpful_rm, safety_rm = {"metrics": {}}, "gold", ""
+        else:
+            rms = train_reward_models(cfg.sft, world, round_dir / "reward", policy=str(policy),
+                                      policy_pairs=cfg.policy_pairs, compare_margin=False, seed=cfg.seed + i,
+                                      overrides=cfg.reward_overrides)
+            helpful_rm, safety_rm = rms["outputs"]["helpfulness"], rms["outputs"]["safety"]
         scorer = load_scorer(helpful_rm, safety_rm, safety_threshold=cfg.rejection.safety_threshold)
+        progress = dataclasses.replace(cfg.rejection.run, progress=cfg.run.progress)
         rs = rejection(dataclasses.replace(cfg.rejection, policy=str(policy), iteration=i, previous=list(pools),
-                                           helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed),
+                                           helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed, run=progress),
                        scorer=scorer, world=world, out_dir=round_dir / "rejection")
         pools.append(str(rs["run"]))
         policy = rs["path"]
@@ -153,7 +158,8 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
                 "rm_accuracy/safety": rms["metrics"].get("safety/accuracy"), "rs": rs["summary"]["metrics"]}
         if cfg.runs_ppo(i):
             trained = ppo(dataclasses.replace(cfg.ppo, policy=str(policy), helpfulness_rm=helpful_rm, safety_rm=safety_rm,
-                                              seed=cfg.seed + i), scorer=scorer, world=world, out_dir=round_dir / "ppo")
+                                              seed=cfg.seed + i, run=dataclasses.replace(cfg.ppo.run, progress=cfg.run.progress)),
+                          scorer=scorer, world=world, out_dir=round_dir / "ppo")
             policy = trained["path"]
             info["ppo"] = trained["summary"]["metrics"]
             info["ppo_warnings"] = trained["summary"]["warnings"]
