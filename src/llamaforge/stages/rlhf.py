@@ -63,6 +63,7 @@ class RLHFConfig:
     iterations: int = 2  # rounds V1..Vn (SPEC §8: 5)
     reward: Literal["rm", "gold"] = "rm"  # rm: the retrained reward models (the paper); gold: the gold judge as the reward, a ceiling run that skips the RMs
     ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
+    first_round_rms: list[str] = field(default_factory=list)  # [helpfulness RM, safety RM] already trained on the SFT model's pairs: round 1 uses them instead of retraining
     policy_pairs: int = 48  # fresh preference pairs per collection sampled from the latest model each round
     reward_overrides: list[str] = field(default_factory=lambda: list(DEMO_REWARD_OVERRIDES))  # key=value for both RMs (configs/reward/demo.yaml keys)
     eval_prompts: int = 160  # held-out prompts evaluated per version (0 = all), every kind in the world's proportions
@@ -88,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_rlhf(sft_dir: str | Path, world, out_dir: str | Path, *, iterations: int = 2,
-             overrides: Sequence[str] = ()) -> dict[str, Any]:
+             reward_models: dict[str, str] | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The demo's entry: `iterations` rounds from the SFT model `sft_dir` on `world`, in `out_dir`
-    (RLHFConfig defaults, then `overrides` as key=value). Returns summary.json's content plus
-    "outputs": {"model": the final policy}."""
-    cfg = load_config(RLHFConfig, None, [f"sft={sft_dir}", f"iterations={iterations}", *overrides])
+    (RLHFConfig defaults, then `overrides` as key=value). `reward_models` ({"helpfulness": folder,
+    "safety": folder}, e.g. the reward stage's outputs) serve round 1 instead of retraining.
+    Returns summary.json's content plus "outputs": {"model": the final policy}."""
+    first = [f"first_round_rms={reward_models['helpfulness']},{reward_models['safety']}"] if reward_models else []
+    cfg = load_config(RLHFConfig, None, [f"sft={sft_dir}", f"iterations={iterations}", *first, *overrides])
     result = rlhf(cfg, world=world, out_dir=out_dir)
     return {**result["summary"], "outputs": {"model": str(result["path"])}}
 
@@ -141,6 +144,10 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
         round_started = time.perf_counter()
         if cfg.reward == "gold":
             rms, helpful_rm, safety_rm = {"metrics": {}}, "gold", ""
+        elif i == 1 and cfg.first_round_rms:
+            if len(cfg.first_round_rms) != 2:
+                raise ValueError(f"first_round_rms takes two folders (helpfulness RM, safety RM), got {cfg.first_round_rms}")
+            rms, (helpful_rm, safety_rm) = {"metrics": {}}, cfg.first_round_rms
         else:
             rms = train_reward_models(cfg.sft, world, round_dir / "reward", policy=str(policy),
                                       policy_pairs=cfg.policy_pairs, compare_margin=False, seed=cfg.seed + i,
