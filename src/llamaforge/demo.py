@@ -182,7 +182,7 @@ def _pretrain_stage(ctx: Context) -> dict:
 def _sft_stage(ctx: Context) -> dict:
     from .stages.sft import run_demo_sft
 
-    return run_demo_sft(ctx.model("pretrain"), ctx.world, ctx.dir)
+    return run_demo_sft(ctx.model("pretrain"), ctx.world, ctx.dir, eval_prompts=24 if ctx.quick else 120)
 
 
 def _reward_stage(ctx: Context) -> dict:
@@ -325,7 +325,7 @@ STAGES: list[Stage] = [
     Stage("world", 10, _world_stage, quick_budget_s=2),
     Stage("tokenizer", 20, _tokenizer_stage, quick_budget_s=5),
     Stage("pretrain", 300, _pretrain_stage, quick_budget_s=60),
-    Stage("sft", 75, _sft_stage, requires=("llamaforge.stages.sft:run_demo_sft",)),
+    Stage("sft", 120, _sft_stage, requires=("llamaforge.stages.sft:run_demo_sft",)),
     Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
     # The loop fine-tunes through the SFT loop (rejection sampling), so it needs SFT's code too.
     Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf:run_rlhf", "llamaforge.stages.sft:finetune")),

@@ -78,3 +78,14 @@ def test_cli_explains_bad_files(tiny, tmp_path, capsys):
     assert "[INST]" in capsys.readouterr().err
     assert stage.main([f"data.dialogs={tagged}"]) == 2
     assert "base= is required" in capsys.readouterr().err
+
+
+def test_demo_stage_writes_a_summary_with_measured_effect(tiny, tmp_path):
+    summary = stage.run_demo_sft(tiny["lm"], tiny["world"], tmp_path / "sft", epochs=1, eval_prompts=6, progress=False)
+    written = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert written["effect"] == summary["effect"] and "gold helpfulness" in summary["effect"]
+    metrics = summary["metrics"]
+    assert 0 <= metrics["pretrained/helpfulness"] <= 1 and 0 <= metrics["sft/parsed"] <= 1
+    assert metrics["helpfulness_gain_lo"] <= metrics["helpfulness_gain"] <= metrics["helpfulness_gain_hi"]
+    assert summary["tables"][0]["rows"][0][0].startswith("pretrained")
+    assert load_model(summary["outputs"]["model"]) is not None

@@ -256,6 +256,78 @@ def _checkpoint_dir(path: Path) -> Path:
     return latest_checkpoint(path) if detect_format(path) == "run" else path
 
 
+# --------------------------------------------------------------------------- the demo's stage
+
+
+def eval_records(world, n_helpful: int) -> list[dict]:
+    """Held-out prompts for a chat model: `n_helpful` helpful, half as many adversarial and borderline."""
+    return (world.prompt_records("helpful", "eval")[:n_helpful] + world.prompt_records("adversarial", "eval")[: n_helpful // 2]
+            + world.prompt_records("borderline", "eval")[: n_helpful // 2])
+
+
+def run_demo_sft(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, epochs: float = 2.0,
+                 eval_prompts: int = 120, progress: bool = True) -> dict:
+    """The demo's SFT stage: fine-tune `base` on the world's dialogs in `out_dir`, then measure the
+    effect with the gold judges: the pretrained model prompted with the same chat format against
+    the SFT model on held-out prompts (paired bootstrap interval). Returns the stage summary
+    (also written to `out_dir/summary.json`); `outputs.model` is the fine-tuned run folder."""
+    from ..checkpoint import load_model
+    from ..eval.chat import chat_eval, paired_difference
+    from ..report import write_summary
+    from ..tokenizer import Tokenizer
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    # 2 epochs (SPEC §6). Measured on the demo preset: 1 epoch leaves gold helpfulness at 0.16 with
+    # 63% false refusals (0.24 and 48% at twice the LR); 2 epochs reach 0.33 and 18%.
+    finetune(base, world.sft, out_dir, epochs=epochs, progress=progress)
+    tok = Tokenizer(_tokenizer_of(out_dir))
+    records = eval_records(world, eval_prompts)
+    before = chat_eval(load_model(base), tok, records)
+    after = chat_eval(load_model(out_dir), tok, records)
+    gain = paired_difference(before, after, "helpfulness")
+    b, a = before["metrics"], after["metrics"]
+    manifest_data = (_read_manifest(out_dir).get("data") or {})
+    effect = (f"gold helpfulness {b['helpfulness']:.3f} (pretrained, chat format) -> {a['helpfulness']:.3f} (SFT), "
+              f"{gain['diff']:+.3f} [95% CI {gain['lo']:+.3f}, {gain['hi']:+.3f}]; replies ending with EOS "
+              f"{b['parsed']:.0%} -> {a['parsed']:.0%}; violation {b.get('violation', 0):.1%} -> "
+              f"{a.get('violation', 0):.1%}, false refusal {b.get('false_refusal', 0):.1%} -> {a.get('false_refusal', 0):.1%}")
+    names = ("helpfulness", "parsed", "violation", "false_refusal")
+    summary = {
+        "stage": STAGE, "effect": effect, "seconds": time.perf_counter() - started,
+        "metrics": {**{f"pretrained/{k}": b[k] for k in names if k in b}, **{f"sft/{k}": a[k] for k in names if k in a},
+                    "helpfulness_gain": gain["diff"], "helpfulness_gain_lo": gain["lo"], "helpfulness_gain_hi": gain["hi"],
+                    "dialogs": manifest_data.get("dialogs", 0), "truncated": manifest_data.get("truncated", 0),
+                    "dropped": manifest_data.get("dropped", 0)},
+        "tables": [{"title": f"SFT on held-out prompts (gold judges, n = {len(records)})",
+                    "columns": ["model", "helpfulness [95% CI]", "ends with EOS", "violation", "false refusal"],
+                    "rows": [[name, f"{r['metrics']['helpfulness']:.3f} [{r['intervals']['helpfulness'][0]:.3f}, "
+                                    f"{r['intervals']['helpfulness'][1]:.3f}]", round(r["metrics"]["parsed"], 3),
+                              round(r["metrics"].get("violation", 0), 3), round(r["metrics"].get("false_refusal", 0), 3)]
+                             for name, r in (("pretrained (chat format)", before), ("SFT", after))]}],
+        "samples": [{"prompt": rec["prompt"], "reply": item["response"]}
+                    for rec, item in list(zip(records, after["per_item"]))[:5]],
+        "outputs": {"model": str(out_dir), "sft": str(out_dir)},
+    }
+    write_summary(out_dir, summary)
+    return summary
+
+
+def _tokenizer_of(run_dir: Path) -> Path:
+    from ..checkpoint import resolve_tokenizer_path
+
+    found = resolve_tokenizer_path(_checkpoint_dir(run_dir))
+    if found is None:
+        raise FileNotFoundError(f"no tokenizer.model in {run_dir}")
+    return found
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    from ..report import read_json
+
+    return read_json(run_dir / "manifest.json") or {}
+
+
 # --------------------------------------------------------------------------- the command
 
 
