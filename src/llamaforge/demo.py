@@ -199,7 +199,10 @@ def _rlhf_stage(ctx: Context) -> dict:
     quick = ("eval_prompts=48", "policy_pairs=16", "reward_overrides=data.max_pairs=200,data.eval_pairs=100",
              "rejection.prompts=32", "ppo.iterations=2", "ppo.batch_size=16", "ppo.minibatch_size=8",
              "ppo.eval_prompts=16", "ppo.max_new_tokens=32") if ctx.quick else ()
-    return run_rlhf(ctx.model("sft"), ctx.world, ctx.dir, iterations=2, overrides=quick)
+    # Round 1 reuses the reward stage's RMs (trained on the SFT model's pairs) instead of retraining.
+    reward = ctx.outputs.get("reward", {})
+    rms = {k: reward[k] for k in ("helpfulness", "safety")} if reward.get("helpfulness") and reward.get("safety") else None
+    return run_rlhf(ctx.model("sft"), ctx.world, ctx.dir, iterations=2, reward_models=rms, overrides=quick)
 
 
 def _gatt_stage(ctx: Context) -> dict:
