@@ -208,13 +208,15 @@ def _rlhf_stage(ctx: Context) -> dict:
 def _gatt_stage(ctx: Context) -> dict:
     from .stages.gatt import run_demo_gatt
 
-    return run_demo_gatt(ctx.model(), ctx.world, ctx.dir)
+    return run_demo_gatt(ctx.model(), ctx.world, ctx.dir, quick=ctx.quick)
 
 
 def _distill_stage(ctx: Context) -> dict:
     from .stages.distill import run_demo_distill
 
-    return run_demo_distill(ctx.model(), ctx.world, ctx.dir)
+    # Gated by the reward stage's safety RM (SPEC §10); the gold judge when that stage did not run.
+    safety_rm = ctx.outputs.get("reward", {}).get("safety")
+    return run_demo_distill(ctx.model(), ctx.world, ctx.dir, safety_rm=safety_rm, quick=ctx.quick)
 
 
 # --------------------------------------------------------------------------- eval and report

@@ -145,6 +145,8 @@ def run_distill(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, s
 
     def tune(name: str, gate: bool) -> tuple[Path, int]:
         dialogs = distillation_dialogs(records, answers, gate=gate)
+        if not dialogs:  # nothing passed the gate: nothing to distil, the model stays as it was
+            return Path(base), 0
         mixed = sft[: int(cfg.mix_sft * len(dialogs))]
         path = finetune(base, dialogs + mixed, out_dir / name, train=cfg.train, tokenizer=tokenizer_path,
                         epochs=cfg.epochs, progress=progress)
