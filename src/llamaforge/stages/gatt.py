@@ -52,7 +52,7 @@ class GAttData:
     world_size: Literal["tiny", "demo", "large"] = "demo"  # the built-in world's size
     terse: float = 0.5  # share of dialogs whose instruction is shortened (SPEC §9: half)
     records: int = 0  # instruction records used for training (0 = all of the train split)
-    mix_sft: float = 1.0  # SFT dialogs mixed in per GAtt example, so the rest of the model's skills stay
+    mix_sft: float = 0.5  # SFT dialogs mixed in per GAtt example, so the rest of the model's skills stay
     max_new_tokens: int = 48  # reply length when sampling answers
     temperature: float = 0.0  # sampling temperature of the answers (0 = greedy)
 
@@ -63,7 +63,7 @@ class GAttConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: GAttData = field(default_factory=GAttData)
     train: TrainConfig = field(default_factory=demo_train)
-    epochs: float = 1.0  # passes over the GAtt (+ mixed SFT) examples
+    epochs: float = 2.0  # passes over the GAtt (+ mixed SFT) examples (SPEC §6's 2 epochs)
     seed: int = 0
 
 
@@ -277,7 +277,7 @@ def run_demo_gatt(base: str | os.PathLike, world, out_dir: str | os.PathLike, *,
     """The demo's GAtt stage: the world's train-split instructions, SFT dialogs mixed in, adherence
     over 20 turns on held-out instructions, with and without GAtt."""
     train = [r for r in world.gatt if r.get("split") == "train"]
-    held_out = [r for r in world.gatt if r.get("split") == "eval"][: 8 if quick else 32]
+    held_out = [r for r in world.gatt if r.get("split") == "eval"][: 8 if quick else 24]
     cfg = GAttConfig()
     return run_gatt(base, train[: 24 if quick else None], out_dir, sft_dialogs=world.sft, eval_records=held_out,
                     cfg=cfg, eval_turns=6 if quick else 20)
