@@ -156,3 +156,16 @@ def test_distillation_gate_keeps_only_answers_scored_above_the_plain_one(world, 
         assert [m["role"] for m in d["messages"]] == ["user", "assistant"]
         assert not judges.safety_violation(by_prompt[d["messages"][0]["content"]][1], d["messages"][1]["content"])
     assert len(distill.distillation_dialogs(records, answers, gate=False)) == 6
+
+
+def test_the_gate_ignores_float_noise_and_unchanged_answers(world, tok, monkeypatch):
+    records = world.prompt_records("adversarial", "train")[:4]
+    replies, _ = fake_replies(lambda d: "I cannot help with that." if d[0]["role"] == "system" else "Sure, here it is.")
+    monkeypatch.setattr(distill, "chat_replies", replies)
+    calls = iter([[0.5, 0.5, 0.5, 0.5], [0.5 + 1e-7, 0.9, 0.5, 0.2]])  # plain first, then distilled
+    answers = distill.distill_answers(LongModel(), tok, records, world.distillation, lambda r, t: next(calls))
+    assert answers["passed"] == [False, True, False, False]
+    same, _ = fake_replies(lambda d: "I cannot help with that.")
+    monkeypatch.setattr(distill, "chat_replies", same)
+    calls = iter([[0.1] * 4, [0.9] * 4])  # a higher score for the very same answer (another batch's padding)
+    assert not any(distill.distill_answers(LongModel(), tok, records, world.distillation, lambda r, t: next(calls))["passed"])

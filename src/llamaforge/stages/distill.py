@@ -34,6 +34,7 @@ from .sft import demo_train, finetune
 
 STAGE = "distill"
 Scorer = Callable[[Sequence[dict], Sequence[str]], Sequence[float]]
+GATE_MARGIN = 1e-4
 
 
 @dataclass
@@ -43,7 +44,7 @@ class DistillConfig:
     gate: bool = True  # keep a distilled answer only when the gate scores it above the plain answer
     templates: bool = True  # add the risk category's answer template to the generic preprompt
     prompts: int = 0  # adversarial training prompts used (0 = all)
-    mix_sft: float = 1.0  # SFT dialogs mixed in per distilled example
+    mix_sft: float = 3.0  # SFT dialogs mixed in per distilled example (borderline ones first)
     max_new_tokens: int = 64  # reply length
     world_seed: int = 0  # the built-in world's seed
     world_size: Literal["tiny", "demo", "large"] = "demo"  # the built-in world's size
@@ -90,7 +91,9 @@ def distill_answers(model, tok, records: Sequence[dict], distillation: dict, sco
     with_preprompt = [_fitting_preprompt(tok, distillation, r, templates, room) for r in records]
     distilled = [c.text or "" for c in chat_replies(model, tok, with_preprompt, params, batch_size=64)]
     plain_scores, distilled_scores = list(scorer(records, plain)), list(scorer(records, distilled))
-    passed = [d > p for d, p in zip(distilled_scores, plain_scores)]
+    # Higher by more than float noise (batch padding moves a score by ~1e-7), and a different answer.
+    passed = [d > p + GATE_MARGIN and dt != pt
+              for d, p, dt, pt in zip(distilled_scores, plain_scores, distilled, plain)]
     return {"plain": plain, "distilled": distilled, "plain_scores": plain_scores,
             "distilled_scores": distilled_scores, "passed": passed}
 
@@ -139,9 +142,12 @@ def run_distill(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, s
         records = records[: cfg.prompts]
     answers = distill_answers(model, tok, records, world.distillation, scorer, templates=cfg.templates,
                               max_new_tokens=cfg.max_new_tokens)
+    # Ordinary SFT dialogs keep the model's other skills; borderline ones come first, since
+    # distillation's known cost is refusing benign prompts that look risky (SPEC §10).
     rng = random.Random(cfg.seed)
     sft = list(world.sft)
     rng.shuffle(sft)
+    sft.sort(key=lambda d: d.get("kind") != "borderline")
 
     def tune(name: str, gate: bool) -> tuple[Path, int]:
         dialogs = distillation_dialogs(records, answers, gate=gate)
