@@ -104,8 +104,11 @@ def find_tokenizer(model_path: str | Path, explicit: str | None = None) -> Path:
         if not Path(explicit).exists():
             raise SystemExit(f"tokenizer {explicit} does not exist")
         return Path(explicit)
+    from .checkpoint import latest_checkpoint
+
     here = Path(model_path).resolve()
-    for folder in [here, *list(here.parents)[:3]]:
+    newest = latest_checkpoint(here) if here.is_dir() else None  # a run folder: its checkpoints carry it
+    for folder in [here, *([newest] if newest else []), *list(here.parents)[:3]]:
         if (folder / "tokenizer.model").exists():
             return folder / "tokenizer.model"
     raise SystemExit(f"no tokenizer.model found in {model_path} or the folders above it; pass --tokenizer FILE")

@@ -139,3 +139,15 @@ def test_eval_on_world_suites(model_dir, tmp_path, capsys):
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "llamaforge", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("llamaforge ")
+
+
+def test_find_tokenizer_looks_in_a_run_folders_newest_checkpoint(tmp_path):
+    from llamaforge.cli import find_tokenizer
+
+    for step in (2, 10):
+        ckpt = tmp_path / "run" / "checkpoints" / f"step-{step}"
+        (ckpt / "model").mkdir(parents=True)
+        (ckpt / "tokenizer.model").write_bytes(f"tok{step}".encode())
+    assert find_tokenizer(tmp_path / "run") == (tmp_path / "run" / "checkpoints" / "step-10" / "tokenizer.model").resolve()
+    with pytest.raises(SystemExit, match="no tokenizer.model"):
+        find_tokenizer(tmp_path / "elsewhere" / "model")
