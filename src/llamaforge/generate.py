@@ -306,9 +306,18 @@ def chat_replies(
         room = limit - max(len(prompts[i]) for i in rows)
         batch_params = params if params.max_new_tokens <= room else _with_max_new(params, room)
         for i, completion in zip(rows, generate(model, [prompts[i] for i in rows], batch_params, tokenizer=tokenizer)):
-            completion.text = parse_reply(tokenizer, completion.tokens) if completion.tokens else ""
+            completion.text = _cut_at_chat_tag(parse_reply(tokenizer, completion.tokens) if completion.tokens else "")
             out[i] = completion
     return out  # type: ignore[return-value]
+
+
+def _cut_at_chat_tag(text: str) -> str:
+    """A reply ends where the model starts writing chat markup ("[INST]", "<<SYS>>", ...): it has
+    begun a turn that is not its own. Cut there, so replies can go back into dialogs."""
+    from .chat_format import SPECIAL_TAGS
+
+    cut = min((i for i in (text.find(tag) for tag in SPECIAL_TAGS) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut].strip()
 
 
 def _with_max_new(params: SamplingParams, n: int) -> SamplingParams:

@@ -131,3 +131,11 @@ def test_chat_replies_match_one_at_a_time_and_keep_order(tmp_path):
     too_long = [{"role": "user", "content": "hello " * 200}]
     with pytest.raises(ValueError, match="context"):
         chat_replies(chat_model, tok, [too_long], params)
+
+
+def test_chat_replies_end_where_the_model_writes_chat_markup():
+    from llamaforge.generate import _cut_at_chat_tag
+
+    assert _cut_at_chat_tag("Nunwick. [INST] and now me") == "Nunwick."
+    assert _cut_at_chat_tag("ok <</SYS>> [/INST] x") == "ok"
+    assert _cut_at_chat_tag("plain answer") == "plain answer"
