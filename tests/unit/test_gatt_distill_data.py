@@ -169,3 +169,15 @@ def test_the_gate_ignores_float_noise_and_unchanged_answers(world, tok, monkeypa
     monkeypatch.setattr(distill, "chat_replies", same)
     calls = iter([[0.1] * 4, [0.9] * 4])  # a higher score for the very same answer (another batch's padding)
     assert not any(distill.distill_answers(LongModel(), tok, records, world.distillation, lambda r, t: next(calls))["passed"])
+
+
+def test_a_users_instructions_without_gold_answers_keep_only_the_turns_the_model_got_right(tok, monkeypatch):
+    record = {"id": "mine", "instruction": "Answer in small letters.", "short": "Style: small letters",
+              "checks": [{"check": "lowercase"}],
+              "turns": [{"prompt": "Who keeps bees?"}, {"prompt": "Where is Nunwick?"}, {"prompt": "And why?"}]}
+    replies, _ = fake_replies(lambda d: "NUNWICK IS BIG." if d[-1]["content"].startswith("Where") else "bees, i think.")
+    monkeypatch.setattr(gatt, "chat_replies", replies)
+    answers, kept = gatt.sample_answers(None, tok, [record], [record["instruction"]])
+    assert answers == [["bees, i think.", None, "bees, i think."]] and kept == pytest.approx(2 / 3)
+    examples = gatt.gatt_examples(record, answers[0], record["instruction"])
+    assert len(examples) == 1 and examples[0]["messages"][-1]["content"] == "bees, i think."

@@ -97,10 +97,12 @@ def fit_dialog(tok, dialog: list[dict], limit: int) -> list[dict]:
     return candidate if len(encode_dialog(tok, candidate)) <= limit else flat([last])
 
 
-def gatt_examples(record: dict, answers: Sequence[str], instruction: str) -> list[dict]:
+def gatt_examples(record: dict, answers: Sequence[str | None], instruction: str) -> list[dict]:
     """SFT examples from one instruction dialog: the instruction once, as the system prompt;
     example k holds turns 1..k and trains only on answer k (`"loss": false` elsewhere, SPEC §9)."""
     examples = []
+    if None in answers:  # a user's turn without a gold answer whose model answer failed: stop there
+        answers = answers[: list(answers).index(None)]
     for k in range(1, len(answers) + 1):
         messages = [{"role": "system", "content": instruction}]
         for turn, answer in zip(record["turns"][:k], answers[:k]):
@@ -115,8 +117,9 @@ def gatt_examples(record: dict, answers: Sequence[str], instruction: str) -> lis
 def sample_answers(model, tok, records: Sequence[dict], instructions: Sequence[str], *,
                    max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0) -> tuple[list[list[str]], float]:
     """Each turn answered with the instruction appended to its message (SPEC §9); answers the
-    gold checker rejects become the world's rewritten gold answer. Returns the answers per record
-    and the share of turns whose model answer was kept."""
+    gold checker rejects become the world's rewritten gold answer (None for a user's turn that has
+    no gold answer). Returns the answers per record and the share of turns whose model answer was
+    kept."""
     prompts, where = [], []
     for i, (record, instruction) in enumerate(zip(records, instructions)):
         for t, turn in enumerate(record["turns"]):
@@ -135,14 +138,23 @@ def sample_answers(model, tok, records: Sequence[dict], instructions: Sequence[s
     return answers, kept / max(1, len(where))
 
 
-def _gold(record: dict, turn: dict) -> str:
-    return turn.get("gold") or apply_instruction(turn["answer"], turn["short_answer"], record["checks"])
+def _gold(record: dict, turn: dict) -> str | None:
+    """The turn's answer following the instruction: the world's, or its gold answer rewritten;
+    None when the turn has no gold answer (a user's instruction file may give prompts only)."""
+    if turn.get("gold"):
+        return turn["gold"]
+    if turn.get("answer"):
+        return apply_instruction(turn["answer"], turn.get("short_answer") or turn["answer"], record["checks"])
+    return None
 
 
 def _turn_record(record: dict, turn: dict) -> dict:
     """A turn as a helpful record with the instruction's checks (judges.helpfulness scores it)."""
     out = {"kind": "helpful", "task": "gatt_turn", **{k: v for k, v in turn.items() if k != "gold"},
-           "answer": _gold(record, turn), "checks": record["checks"]}
+           "checks": record["checks"]}
+    gold = _gold(record, turn)
+    if gold is not None:
+        out["answer"] = gold
     if any(c["check"] == "language" for c in record["checks"]):
         out["answer_language"] = "veltan"
     return out
