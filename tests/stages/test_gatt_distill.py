@@ -27,6 +27,7 @@ def test_gatt_stage_fine_tunes_and_plots_adherence_by_turn(tiny, tmp_path):
     assert json.loads((tmp_path / "gatt" / "summary.json").read_text())["effect"] == summary["effect"]
     series = summary["plots"][0]["series"]
     assert len(series["with GAtt"]["y"]) == len(series["without GAtt"]["y"]) == 4
+    assert "turns 3-4" in summary["effect"] and "nan" not in summary["effect"]
     assert summary["metrics"]["gatt_examples"] == sum(len(r["turns"]) for r in train)
     assert 0 <= summary["metrics"]["model_answers_kept"] <= 1
     manifest = json.loads((tmp_path / "gatt" / "model" / "manifest.json").read_text())
