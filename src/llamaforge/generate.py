@@ -8,7 +8,6 @@ one token per step.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -78,31 +77,23 @@ def last_logits(
     start_pos: int,
     positions: torch.Tensor | None = None,
     key_mask: torch.Tensor | None = None,
-    output_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 logits [B, vocab] of the last position only: a prefill never forms [B, T, vocab].
-
-    output_t: the output weight transposed to [dim, vocab] and contiguous. On CPU, decoding a
-    few rows is bound by reading that matrix, and MKL reads it 2-3x faster in this layout.
-    """
+    """fp32 logits [B, vocab] of the last position only: a prefill never forms [B, T, vocab]."""
     h = model.hidden_states(tokens, start_pos, positions=positions, key_mask=key_mask)[:, -1]
-    return (model.output(h) if output_t is None else h @ output_t).float()
+    return model.output(h).float()
 
 
-_transposed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def transposed_output(model: Transformer) -> torch.Tensor:
-    """The output weight as a contiguous [dim, vocab] copy for `last_logits`, kept with the
-    model (transposing 32000 x dim takes longer than a decode step) and rebuilt when the
-    weight is replaced or changed in place."""
-    weight = model.output.weight
-    key = (weight.data_ptr(), weight._version, weight.dtype)
-    cached = _transposed.get(model)
-    if cached is None or cached[0] != key:
-        cached = (key, weight.detach().t().contiguous())
-        _transposed[model] = cached
-    return cached[1]
+def use_decode_layout(model: Transformer) -> None:
+    """Store every projection weight [out, in] as the transpose of a contiguous [in, out] matrix:
+    the same values, shape, names and results, only another memory order. On CPU, decoding a
+    few rows is bound by reading the weights, and MKL streams this layout 1.7x faster (GQA
+    bench config: 27 vs 16 GB/s for a whole decode step's matmuls, 2 threads). Done in place,
+    once; the model still trains and saves as before (writers make tensors contiguous)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous() and module.weight.dim() == 2:
+            # Outside inference mode (generate runs in it): the weights must stay trainable.
+            with torch.inference_mode(False), torch.no_grad():
+                module.weight.data = module.weight.data.t().contiguous().t()
 
 
 _compiled_last_logits = None
@@ -151,7 +142,8 @@ def generate_steps(
     # Compiled decoding keeps one cache shape (the full context), so no call recompiles.
     model.setup_cache(B, model.args.max_seq_len if compile else total)
     step = compiled_last_logits() if compile else last_logits
-    output_t = transposed_output(model) if device.type == "cpu" else None
+    if device.type == "cpu":
+        use_decode_layout(model)
     try:
         cur, step_tokens = 0, tokens
         for _ in range(total - longest):
@@ -162,7 +154,6 @@ def generate_steps(
                 cur,
                 None if positions is None else positions[:, cur:end],
                 None if key_mask is None else key_mask[:, :end],
-                output_t,
             )
             next_tokens = sample_next(logits, params, generator)
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, next_tokens[:, None]).squeeze(-1)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from llamaforge import bench
-from llamaforge.generate import SamplingParams, generate, last_logits, transposed_output
-from llamaforge.model import IGNORE_INDEX, ModelArgs, Transformer, chunked_cross_entropy
+from llamaforge.generate import SamplingParams, generate, last_logits, use_decode_layout
+from llamaforge.model import IGNORE_INDEX, Linear, ModelArgs, Transformer, chunked_cross_entropy
 
 
 def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
@@ -43,11 +43,43 @@ def test_decode_helpers_match_the_full_forward():
     with torch.no_grad():
         full = model(tokens)[:, -1]
         assert torch.allclose(last_logits(model, tokens, 0), full, atol=1e-5)
-        assert torch.allclose(last_logits(model, tokens, 0, output_t=transposed_output(model)), full, atol=1e-5)
-        first = transposed_output(model)
-        assert transposed_output(model) is first  # kept between calls
-        model.output.weight.mul_(2)  # an in-place change (an optimizer step) invalidates it
-        assert torch.equal(transposed_output(model), model.output.weight.t())
+        use_decode_layout(model)
+        assert torch.allclose(last_logits(model, tokens, 0), full, atol=1e-5)
+
+
+def test_decode_layout_keeps_values_names_and_training():
+    torch.manual_seed(0)
+    a = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
+    b = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
+    b.load_state_dict(a.state_dict())
+    generate(a, [[1, 2, 3]], SamplingParams(max_new_tokens=3))  # converts a's weights on CPU
+    wq = a.layers[0].attention.wq.weight
+    assert not wq.is_contiguous() and wq.t().is_contiguous() and not wq.is_inference()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    tokens = torch.randint(0, 64, (2, 17))
+    for model in (a, b):  # the same AdamW steps on both layouts give the same weights
+        opt = bench.make_optimizer(model)
+        for _ in range(3):
+            model(tokens[:, :-1], targets=tokens[:, 1:].contiguous()).backward()
+            opt.step()
+            opt.zero_grad()
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_split_decode_matmul_equals_linear(threads, monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(48, 20)
+    with torch.no_grad():
+        layer.weight.data = layer.weight.data.t().contiguous().t()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    calls = []
+    monkeypatch.setattr(torch, "bmm", lambda *a, _bmm=torch.bmm: calls.append(1) or _bmm(*a))
+    for shape in [(1, 48), (2, 1, 48), (8, 48), (9, 48)]:  # 9 rows: the plain path
+        x = torch.randn(shape)
+        assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-5)
+    assert len(calls) == 3
 
 
 def test_generate_is_unchanged_by_the_decode_fast_path():

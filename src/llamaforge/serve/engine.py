@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate import SamplingParams, sample_next
+from ..generate import SamplingParams, last_logits, sample_next, use_decode_layout
 from ..model import KVCache, Transformer
 
 log = logging.getLogger("llamaforge.serve")
@@ -171,6 +171,8 @@ class Engine:
             raise ValueError(f"need max_batch >= 1, max_queue >= 0 and 2 <= context <= {model.args.max_seq_len} "
                              f"(the model's max_seq_len); got {max_batch}, {max_queue} and {context}")
         self.model, self.tokenizer = model.eval(), tokenizer
+        if model.output.weight.device.type == "cpu":
+            use_decode_layout(model)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.context = context  # tokens per sequence, prompt included; the cache holds this many slots a row
         weight = model.output.weight
@@ -353,7 +355,7 @@ class Engine:
         scratch = [KVCache(k, longest, args.kv_heads, args.head_dim, weight.dtype, weight.device) for _ in self._cache]
         self._use(scratch)
         try:
-            logits = self.model(tokens, 0, positions=positions, key_mask=key_mask)[:, -1].float()
+            logits = last_logits(self.model, tokens, 0, positions, key_mask)
         finally:
             self._use(self._cache)
         for i, seq in enumerate(joiners):
