@@ -276,12 +276,15 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     return transformer_flops_per_token(args, seq_len)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] | None = None) -> float:
-    """Best achieved FLOP/s of square matmuls (default 2048 and 4096 on CPU, 8192 on GPU)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] | None = None, *,
+                torch_only: bool = False) -> float:
+    """Best achieved FLOP/s of square matmuls (default 2048 and 4096 on CPU, 8192 on GPU), by
+    any kernel at hand (torch_only: torch.matmul's)."""
     from .trainer import measure_matmul_flops
 
     sizes = sizes or ((2048, 4096) if device.type == "cpu" else (8192,))
-    return max(measure_matmul_flops(device, dtype, size=n, seconds=2.0 if n > 1024 else 0.2) for n in sizes)
+    return max(measure_matmul_flops(device, dtype, size=n, seconds=2.0 if n > 1024 else 0.2, torch_only=torch_only)
+               for n in sizes)
 
 
 def bench_training(cfg, timer: Timer, precision, peak, *, compile, checkpointing) -> list[dict[str, Any]]:
@@ -466,6 +469,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+    if device.type == "cpu":
+        from .model import onednn_matmuls
+
+        env["llamaforge_fp32_matmuls"] = "oneDNN" if onednn_matmuls() else "torch default (MKL)"
     try:
         import transformers
 
@@ -491,8 +498,13 @@ def _cpu_name() -> str:
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"### {env['date']} — {env['device']} ({env['cpu']}, {env['cpu_capability']}), "
-             f"{env['threads']} threads, torch {env['torch']}, transformers {env['transformers']}", ""]
+             f"{env['threads']} threads, torch {env['torch']}, transformers {env['transformers']}"
+             + (f", llamaforge fp32 matmuls: {env['llamaforge_fp32_matmuls']}" if "llamaforge_fp32_matmuls" in env else ""),
+             ""]
     peaks = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["matmul_peak"].items())
+    if "matmul_peak_torch" in report:
+        peaks += (f" (fp32 through torch.matmul's default kernel alone: "
+                  f"{report['matmul_peak_torch']['fp32'] / 1e9:.0f} GFLOP/s; MFU is against the best)")
     lines.append(f"Matmul peak measured in this run: {peaks}. Load average (1 min) at start "
                  f"{env.get('load_average_start', '?')}, at end {env.get('load_average_end', '?')}; rounds that "
                  f"started while other processes kept the CPUs busy: {env.get('rounds_under_load', '?')}. "
@@ -532,6 +544,8 @@ def run(
     bf16_fast = dev.type == "cuda" or _cpu_has_bf16_matmul()
     timer.wait_for_quiet()
     report["matmul_peak"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
+    if dev.type == "cpu":  # what transformers' matmuls (torch's default kernels) reach, for comparison
+        report["matmul_peak_torch"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes, torch_only=True)}
     if "bf16" in precisions:
         report["matmul_peak"]["bf16"] = matmul_peak(dev, torch.bfloat16, peak_sizes) if bf16_fast else _slow_bf16_rate(dev)
     for name in configs:

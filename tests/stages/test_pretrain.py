@@ -20,7 +20,7 @@ from llamaforge.config import load_config
 from llamaforge.data import PackedBatches, PackedSequences, TokenShards
 from llamaforge.model import ModelArgs, Transformer
 from llamaforge.stages import pretrain as stage
-from llamaforge.trainer import causal_lm_loss
+from llamaforge.trainer import autocast, causal_lm_loss, resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,8 @@ def test_continued_pretraining_from_a_hugging_face_checkpoint(world_data, tmp_pa
 
     train_seqs = PackedSequences(TokenShards(world_data["shards"], "train"), 64)
     first = next(PackedBatches(train_seqs, 8, seed=0))
-    with torch.no_grad():
+    device = torch.device("cpu")
+    with torch.no_grad(), autocast(device, resolve_precision(cfg.train.precision, device)):  # as the run computes it
         out = causal_lm_loss(original, first)
     assert losses(run)[1] == pytest.approx(out.total.item() / out.count.item(), abs=1e-5)
     manifest = json.loads((run / "manifest.json").read_text())

@@ -10,7 +10,18 @@ from llamaforge.generate import SamplingParams, generate, last_logits, use_decod
 from llamaforge.model import IGNORE_INDEX, Linear, ModelArgs, Transformer, chunked_cross_entropy
 
 
-def test_chunked_cross_entropy_matches_plain_loss_and_gradients():
+@pytest.fixture(params=["onednn", "torch"])
+def cpu_matmuls(request, monkeypatch):
+    """Both fp32 CPU matmul paths: oneDNN's (where this torch has it) and torch's default."""
+    from llamaforge import model as model_module
+
+    if request.param == "onednn" and not model_module._onednn_works():
+        pytest.skip("this torch has no usable oneDNN linear op")
+    monkeypatch.setattr(model_module, "_onednn", request.param == "onednn")
+    return request.param
+
+
+def test_chunked_cross_entropy_matches_plain_loss_and_gradients(cpu_matmuls):
     torch.manual_seed(0)
     hidden = torch.randn(3, 11, 16, requires_grad=True)
     weight = torch.randn(40, 16, requires_grad=True)
@@ -37,7 +48,7 @@ def test_model_with_targets_returns_the_summed_loss_of_its_logits():
     assert torch.allclose(model(tokens, targets=tokens), expected, rtol=1e-5)
 
 
-def test_decode_helpers_match_the_full_forward():
+def test_decode_helpers_match_the_full_forward(cpu_matmuls):
     model = Transformer(ModelArgs.from_preset("tiny", vocab_size=64)).eval()
     tokens = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
@@ -123,3 +134,23 @@ def test_training_memory_is_measured_in_a_subprocess():
     pytest.importorskip("transformers")
     memory = bench.training_peak_memory(bench.CONFIGS["tiny"], torch.device("cpu"), "llamaforge", "fp32")
     assert memory["peak_mib"] > memory["train_mib"] > 0
+
+
+def test_cpu_fp32_matmuls_match_torch_with_gradients(cpu_matmuls):
+    """The oneDNN path (where torch has it) gives torch's values and gradients, for the
+    projections and for the fused cross-entropy's vocabulary matmuls."""
+    from llamaforge import model as model_module
+
+    torch.manual_seed(0)
+    layer = Linear(24, 40)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    layer(x).square().sum().backward()
+    got = x.grad.clone(), layer.weight.grad.clone()
+    x.grad = layer.weight.grad = None
+    F.linear(x, layer.weight).square().sum().backward()
+    assert torch.allclose(got[0], x.grad, atol=1e-5) and torch.allclose(got[1], layer.weight.grad, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-5)
+    a, b = torch.randn(300, 17), torch.randn(17, 9)
+    assert torch.allclose(model_module.matmul(a, b), a @ b, atol=1e-5)
+    assert torch.allclose(model_module.matmul(a.t().contiguous().t(), b.t().contiguous().t()), a @ b, atol=1e-5)
