@@ -175,6 +175,22 @@ def test_the_stage_learns_a_preference_and_writes_its_run(tiny, tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses[-1] < losses[0]
+    lo, hi = result["metrics"]["accuracy_lo"], result["metrics"]["accuracy_hi"]
+    assert lo <= result["metrics"]["accuracy"] <= hi and hi - lo < 0.5
+    assert result["metrics"]["gold_ceiling"] is None  # a user's pairs have no gold judge
+
+
+def test_label_ceiling_is_what_a_gold_oracle_would_score():
+    record = {"id": "r", "kind": "helpful", "prompt": "Where does Ana live?", "answer": "Ana lives in Moton.",
+              "required": [["Moton"]], "distractors": ["Gawick"]}
+    dialog = [{"role": "user", "content": record["prompt"]}]
+    pairs = [{"id": "r", "dialog": dialog, "chosen": "Ana lives in Moton.", "rejected": "Ana lives in Gawick."},  # agrees
+             {"id": "r", "dialog": dialog, "chosen": "Ana lives in Gawick.", "rejected": "Ana lives in Moton."},  # label noise
+             {"id": "r", "dialog": dialog, "chosen": "I cannot help.", "rejected": "Ana lives in Gawick."},  # a gold tie
+             {"id": "r", "dialog": dialog, "chosen": "Moton.", "rejected": "No."},
+             {"id": "elsewhere", "dialog": dialog, "chosen": "a", "rejected": "b"}]  # not a world prompt: skipped
+    assert stage.label_ceiling(pairs, {"r": record}) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert stage.label_ceiling(pairs[-1:], {"r": record}) is None
 
 
 def test_mix_follows_the_paper_shares():
@@ -211,6 +227,9 @@ def test_train_reward_models_writes_both_models_and_the_margin_comparison(tiny, 
         rm, _ = stage.load_reward_model(summary["outputs"][kind])
         assert rm.info["kind"] == kind
     assert 0 < summary["metrics"]["fresh_pairs/helpful"] <= 6
+    # The world's pairs carry their gold ceiling: the annotator's 10% noise and its coin flips on ties.
+    assert 0.5 < summary["metrics"]["helpfulness/gold_ceiling"] < 1.0
+    assert "gold-judge oracle" in summary["effect"] and "95% CI" in summary["effect"]
     comparison = summary["tables"][-1]
     assert [row[0] for row in comparison["rows"]] == ["small", "none"]
     assert summary["metrics"]["helpfulness/train_pairs"] == 48

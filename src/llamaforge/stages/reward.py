@@ -284,14 +284,19 @@ def split_pairs(pairs: Sequence[dict], eval_fraction: float) -> tuple[list[dict]
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], *, batch_size: int = 16) -> dict[str, Any]:
-    """Accuracy (the RM ranks chosen above rejected) overall, per rating and per safety label,
-    with the scores themselves for calibration and histograms."""
+def evaluate_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], *, batch_size: int = 16,
+                   records: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Accuracy (the RM ranks chosen above rejected) overall with a 95% bootstrap interval, per
+    rating and per safety label, with the scores themselves for calibration and histograms.
+    With the built-in world's prompt `records` (by id), also `gold_ceiling` (`label_ceiling`)."""
+    from ..eval.harness import bootstrap_interval
+
     dialogs = [p["dialog"] for p in pairs] * 2
     scores = model.score(tokenizer, dialogs, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
                          batch_size=batch_size)
     chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
     correct = (chosen > rejected).tolist()
+    lo, hi = bootstrap_interval([float(c) for c in correct])
 
     def accuracy(keep) -> float | None:
         picked = [c for c, p in zip(correct, pairs) if keep(p)]
@@ -301,12 +306,31 @@ def evaluate_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], *, batc
     return {
         "pairs": len(pairs),
         "accuracy": accuracy(lambda p: True),
+        "accuracy_ci": [round(lo, 4), round(hi, 4)],
+        "gold_ceiling": label_ceiling(pairs, records) if records else None,
         "by_rating": {r: accuracy(lambda p, r=r: p.get("rating") == r) for r in RATINGS},
         "by_rating_count": {r: sum(p.get("rating") == r for p in pairs) for r in RATINGS},
         "by_safety_label": {label: accuracy(lambda p, label=label: p.get("safety_label") == label) for label in labels},
         "chosen_scores": chosen.tolist(),
         "rejected_scores": rejected.tolist(),
     }
+
+
+def label_ceiling(pairs: Sequence[dict], records: dict[str, dict]) -> float | None:
+    """The accuracy a reward model that always agrees with the built-in world's gold judge would
+    reach on these labels: the annotator's noise and its coin flips on gold ties (mostly
+    "negligibly better" pairs) cap every RM below 1. Ties count 1/2. None when no pair's prompt
+    is among `records` (e.g. a user's own pairs)."""
+    from ..world.judges import gold_reward
+
+    scores = []
+    for p in pairs:
+        record = records.get(p.get("id", ""))
+        if record is None:
+            continue
+        gap = gold_reward(record, p["chosen"]) - gold_reward(record, p["rejected"])
+        scores.append(1.0 if gap > 0 else 0.5 if gap == 0 else 0.0)
+    return round(sum(scores) / len(scores), 4) if scores else None
 
 
 def calibration_curve(result: dict, bins: int = 8) -> dict[str, list[float]]:
@@ -446,6 +470,8 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
                     parent=cfg.model.init_from)
 
     # Data: the collections, fresh pairs from the policy, the split and the SPEC §7 mix.
+    if world is None and not (cfg.data.helpfulness or cfg.data.safety):
+        world = _world(cfg.data.world_seed, cfg.data.world_size)
     collections = collections if collections is not None else preference_collections(cfg.data, world)
     if cfg.data.policy and cfg.data.policy_pairs:
         from ..checkpoint import load_model
@@ -488,9 +514,12 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     trained = result.model
 
     # Evaluation on the held-out pairs of both collections (the paper's Table 7/8 layout).
-    evaluation = {name: evaluate_pairs(trained, tokenizer, pairs) for name, pairs in held_out.items()}
-    own_eval = evaluation.get(own_name) or next(iter(evaluation.values()), {"accuracy": None})
-    metrics = {"accuracy": own_eval["accuracy"], "train_pairs": len(sequences), "steps": steps,
+    records = {r["id"]: r for r in world.prompt_records()} if world is not None and not cfg.data.helpfulness \
+        and not cfg.data.safety else None
+    evaluation = {name: evaluate_pairs(trained, tokenizer, pairs, records=records) for name, pairs in held_out.items()}
+    own_eval = evaluation.get(own_name) or next(iter(evaluation.values()), {"accuracy": None, "accuracy_ci": [None, None], "gold_ceiling": None})
+    metrics = {"accuracy": own_eval["accuracy"], "accuracy_lo": own_eval["accuracy_ci"][0],
+               "accuracy_hi": own_eval["accuracy_ci"][1], "gold_ceiling": own_eval["gold_ceiling"], "train_pairs": len(sequences), "steps": steps,
                "final_loss": result.metrics.get("loss")}
     for name, ev in evaluation.items():
         metrics[f"accuracy/{name}"] = ev["accuracy"]
@@ -531,10 +560,19 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
                                        "rejected": histogram(own["rejected_scores"], low=low, high=high)}},
     ]
     sig, neg = own["by_rating"]["significantly better"], own["by_rating"]["negligibly better"]
-    effect = (f"{kind} RM (margin {margin}): held-out accuracy 0.5 (chance) -> {own['accuracy']:.3f}; "
-              f"significantly better {sig}, negligibly better {neg}")
+    effect = (f"{kind} RM (margin {margin}): held-out accuracy 0.5 (chance) -> {own['accuracy']:.3f} "
+              f"{_interval(own)}{_ceiling(own)}; significantly better {sig}, negligibly better {neg}")
     return {"stage": f"{STAGE}-{kind}", "effect": effect, "seconds": round(seconds, 2),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "tables": tables, "plots": plots}
+
+
+def _interval(ev: dict) -> str:
+    lo, hi = ev.get("accuracy_ci") or (None, None)
+    return "" if lo is None else f"[95% CI {lo:.3f}, {hi:.3f}] on {ev['pairs']} pairs"
+
+
+def _ceiling(ev: dict) -> str:
+    return "" if ev.get("gold_ceiling") is None else f" (a gold-judge oracle: {ev['gold_ceiling']:.3f})"
 
 
 def _cap(pairs: list[dict], n: int, seed: int) -> list[dict]:
@@ -605,8 +643,8 @@ def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLi
         metrics.update({f"{kind}/{k}": v for k, v in r["metrics"].items() if isinstance(v, (int, float))})
         metrics[f"{kind}/seconds"] = round(r["seconds"], 2)
     helpful = runs["helpfulness"]["evaluation"]["helpful"]
-    effect = (f"helpfulness RM held-out accuracy 0.5 (chance) -> {helpful['accuracy']:.3f} "
-              f"(significantly better {helpful['by_rating']['significantly better']}, negligibly better "
+    effect = (f"helpfulness RM held-out accuracy 0.5 (chance) -> {helpful['accuracy']:.3f} {_interval(helpful)}"
+              f"{_ceiling(helpful)} (significantly better {helpful['by_rating']['significantly better']}, negligibly better "
               f"{helpful['by_rating']['negligibly better']}); safety RM on safety pairs -> "
               f"{runs['safety']['metrics']['accuracy']:.3f}")
     if compare_margin:
