@@ -88,6 +88,16 @@ def test_gold_scorer_and_pools():
     assert pool[0] == earlier[0] and len(pool) == 3  # earlier rounds stay; duplicates kept once
 
 
+def test_pairwise_agreement_by_hand():
+    # Prompt 1: pair (0,1) agrees, (0,2) and (1,2) disagree; (0,3) is a gold tie and (1,3) a scorer tie
+    # (skipped), (2,3) disagrees. Prompt 2: a scorer tie (skipped).
+    rewards = [[0.9, 0.5, 0.1, 0.5], [0.3, 0.3]]
+    gold = [[0.5, 0.0, 1.0, 0.5], [0.0, 1.0]]
+    assert stage.pairwise_agreement(rewards, gold) == pytest.approx(1 / 4)
+    assert stage.pairwise_agreement([[0.2, 0.7]], [[0.0, 1.0]]) == 1.0
+    assert stage.pairwise_agreement([[0.2, 0.2]], [[0.0, 1.0]]) is None
+
+
 def test_the_stage_fine_tunes_on_the_kept_samples_and_keeps_earlier_rounds(tiny, tmp_path):
     pytest.importorskip("llamaforge.stages.sft")
     cfg = stage.RejectionConfig(policy=str(tiny["lm"]), helpfulness_rm="gold", rejection_samples=3, prompts=12,
@@ -104,6 +114,8 @@ def test_the_stage_fine_tunes_on_the_kept_samples_and_keeps_earlier_rounds(tiny,
     summary = json.loads((tmp_path / "rs" / "summary.json").read_text())
     assert summary["metrics"]["temperature"] == 1.1 and summary["metrics"]["k"] == 3
     assert summary["plots"][0]["series"]["max"]["x"] == [1, 2, 3]
+    rewards = json.loads((tmp_path / "rs" / "rewards.json").read_text())
+    assert summary["metrics"]["scorer_gold_agreement"] == stage.pairwise_agreement(rewards["rewards"], rewards["gold"])
     pool = stage.read_pool(tmp_path / "rs")
     assert pool[0] == old and len(pool) == summary["metrics"]["pool"]
     tuned = load_model(result["path"])

@@ -149,6 +149,20 @@ def max_median_curve(rewards: Sequence[Sequence[float]]) -> dict[str, list[float
             "median": [statistics.fmean(statistics.median(row[:k]) for row in rewards) for k in ks]}
 
 
+def pairwise_agreement(rewards: Sequence[Sequence[float]], gold: Sequence[Sequence[float]]) -> float | None:
+    """How often the scorer orders two samples of one prompt as the gold judge does, over the
+    pairs both tell apart: best-of-K can only gain what this agreement allows (0.5 = chance).
+    None when no pair differs in both."""
+    agree = total = 0
+    for row, gold_row in zip(rewards, gold):
+        for i in range(len(row)):
+            for j in range(i + 1, len(row)):
+                if row[i] != row[j] and gold_row[i] != gold_row[j]:
+                    total += 1
+                    agree += (row[i] > row[j]) == (gold_row[i] > gold_row[j])
+    return round(agree / total, 4) if total else None
+
+
 def dialogs_of(best: Sequence[dict]) -> list[dict]:
     """The kept replies as SFT dialogs ({"messages": [...], ...}) for `sft.finetune`."""
     return [{"id": b["record"].get("id"), "messages": [*record_dialog(b["record"]),
@@ -301,6 +315,10 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
     return {"path": path, "run": run.path, "pool": pool, "summary": summary}
 
 
+def _agreement(value: float | None) -> str:
+    return "" if value is None else f" (the scorer orders sample pairs as the gold judge does {value:.0%} of the time)"
+
+
 def rejection_summary(result: dict, temperature: float, pool_size: int, previous: int, seconds: float) -> dict:
     """summary.json: the max-vs-median curve, gold of kept vs all samples, the pool's size."""
     curve = result["curve"]
@@ -313,9 +331,11 @@ def rejection_summary(result: dict, temperature: float, pool_size: int, previous
         "gold/all_samples": statistics.fmean(all_gold), "gold/kept": statistics.fmean(kept_gold),
         "kept_finished": statistics.fmean(float(b["finished"]) for b in result["best"]),
         "pool": pool_size, "pool_from_earlier_rounds": previous,
+        "scorer_gold_agreement": pairwise_agreement(result["rewards"], result["gold"]),
     }
     effect = (f"best of {K} at T={temperature}: RM reward median {curve['median'][-1]:.3f} -> max {curve['max'][-1]:.3f}; "
-              f"gold reward of samples {metrics['gold/all_samples']:.3f} -> kept {metrics['gold/kept']:.3f}; "
+              f"gold reward of samples {metrics['gold/all_samples']:.3f} -> kept {metrics['gold/kept']:.3f}"
+              f"{_agreement(metrics['scorer_gold_agreement'])}; "
               f"fine-tuned on {pool_size} dialogs")
     plots = [{"title": "Rejection sampling: max and median reward over K samples (paper Figure 7)", "kind": "line",
               "xlabel": "samples per prompt (K)", "ylabel": "reward (RM, probability)",

@@ -238,11 +238,12 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
               "kind": "line", "xlabel": "helpfulness (gold judge)", "ylabel": "harmlessness (1 - violation rate)",
               "series": {"path": path, **harmless}}]
     round_rows = [[r["round"], r.get("rm_accuracy/helpfulness"), r.get("rm_accuracy/safety"),
-                   round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4), r["rs"]["pool"],
+                   round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4),
+                   r["rs"].get("scorer_gold_agreement"), r["rs"]["pool"],
                    round(r["ppo"]["kl_final"], 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
     tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
                "columns": columns, "rows": rows},
               {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "safety RM acc", "RS median reward",
-                                              "RS max reward", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
+                                              "RS max reward", "RS scorer-gold agreement", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
     return {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
             "plots": plots, "warnings": [w for r in rounds for w in r.get("ppo_warnings", [])]}
