@@ -470,7 +470,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     if device.type == "cpu":
-        from .model import onednn_matmuls
+        from .cpu_kernels import onednn_matmuls
 
         env["llamaforge_fp32_matmuls"] = "oneDNN" if onednn_matmuls() else "torch default (MKL)"
     try:

@@ -9,7 +9,6 @@ preallocated KV cache for incremental decoding. Parameter names match Meta's
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -17,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from . import cpu_kernels
+from .cpu_kernels import onednn_applies, onednn_mm, split_rows_linear
 
 
 @dataclass
@@ -172,105 +174,16 @@ class KVCache(nn.Module):
         return self.k[: k.shape[0], :, :end], self.v[: v.shape[0], :, :end]
 
 
-# --------------------------------------------------------------------------- CPU matmuls
-
-_onednn: bool | None = None  # decided on first use
-
-
-def onednn_matmuls() -> bool:
-    """Whether fp32 CPU matmuls go through oneDNN instead of torch's default (MKL) kernels.
-
-    On the AMD EPYC (Zen 5, AVX-512) these benchmarks run on, MKL's fp32 GEMM takes a path
-    half as wide as the CPU: ~210 GFLOP/s on 2 cores, where oneDNN reaches ~430 for the same
-    shapes, in fp32 throughout (bf16 under autocast goes to oneDNN already). Turned off by
-    LLAMAFORGE_ONEDNN=0, or where this torch lacks the op or gives a wrong result.
-    """
-    global _onednn
-    if _onednn is None:
-        _onednn = os.environ.get("LLAMAFORGE_ONEDNN", "1") != "0" and _onednn_works()
-    return _onednn
-
-
-def _onednn_works() -> bool:
-    try:
-        a, b = torch.randn(37, 19), torch.randn(19, 23)
-        return torch.allclose(_onednn_mm(a, b), a @ b, rtol=1e-4, atol=1e-5)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
-
-
-def _fast_cpu_matmul(*tensors: torch.Tensor) -> bool:
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 and type(t) in (torch.Tensor, nn.Parameter)
-            for t in tensors)
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and onednn_matmuls()
-    )
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] @ b [K, N] (no autograd), through oneDNN on CPU in fp32 (see `onednn_matmuls`)."""
-    return _onednn_mm(a, b) if _fast_cpu_matmul(a, b) else a @ b
-
-
-class _CpuLinear(torch.autograd.Function):
-    """x @ w.T and its two gradients, each one `matmul`."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        rows = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(rows, w)
-        ctx.shape = x.shape
-        return matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, w = ctx.saved_tensors
-        grad = grad.reshape(-1, w.shape[0])
-        grad_x = matmul(grad, w).view(*ctx.shape) if ctx.needs_input_grad[0] else None
-        grad_w = matmul(grad.t(), rows) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
-
-
 class Linear(nn.Linear):
-    """nn.Linear without bias, with two fast paths on CPU: fp32 matmuls through oneDNN
-    (`onednn_matmuls`), and for decoding, all cores reading the weight.
-
-    A matmul of a few rows is bound by reading the weight, and MKL reads it on one core. When
-    the weight is stored as the transpose of a contiguous [in, out] matrix (generate's
-    `use_decode_layout`), its input dimension splits into one contiguous block per thread,
-    and one batched matmul reads the blocks on all cores at once (2 cores: 35 vs 25 GB/s for
-    a decode step of the GQA bench config); the partial products are summed.
-    """
-
-    DECODE_ROWS = 8  # at most this many rows take the split path (decode steps, not prefills)
+    """nn.Linear without bias; on CPU through `cpu_kernels` (oneDNN fp32 matmuls, and decode
+    steps that read the weight on every core)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        blocks = torch.get_num_threads()
-        if (
-            x.device.type == "cpu"
-            and blocks > 1
-            and w.stride(0) == 1
-            and x.numel() <= self.DECODE_ROWS * self.in_features
-            and self.in_features % blocks == 0
-        ):
-            rows = x.reshape(-1, blocks, self.in_features // blocks).transpose(0, 1)  # [blocks, N, in/blocks]
-            partial = torch.bmm(rows, w.t().view(blocks, self.in_features // blocks, self.out_features))
-            return partial.sum(0).view(*x.shape[:-1], self.out_features)
-        if _fast_cpu_matmul(x, w):
-            if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-                return _CpuLinear.apply(x, w)
-            return matmul(x.reshape(-1, self.in_features), w.t()).view(*x.shape[:-1], self.out_features)
-        return F.linear(x, w)
+        out = split_rows_linear(x, self.weight)
+        return cpu_kernels.linear(x, self.weight) if out is None else out
 
 
 class Attention(nn.Module):
@@ -350,13 +263,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             h, targets = h.index_select(0, kept), targets.index_select(0, kept)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(h) if with_grad else None
-        onednn = _fast_cpu_matmul(h, w)
+        onednn = onednn_applies(h, w)
         grad_w = logits = None
         if with_grad:  # the first chunk's product overwrites it (fp32), so no zero-fill
-            new = torch.empty if len(h) and (dtype == torch.float32 or onednn) else torch.zeros
-            # oneDNN copies a strided left operand (~8 ms per chunk at [262, 32000]) but reads a
-            # strided right one almost as fast: so it forms grad_w transposed, [dim, vocab], and
-            # w is transposed once for all chunks' grad @ w.
+            new = torch.empty if len(h) and dtype == torch.float32 else torch.zeros
+            # oneDNN copies a strided left operand but reads a strided right one almost as fast
+            # (`onednn_mm`): so it forms grad_w transposed, [dim, vocab], and w is transposed
+            # once for all chunks' grad @ w.
             shape = weight.shape[::-1] if onednn else weight.shape
             grad_w = new(shape, dtype=torch.float32, device=weight.device)
             w_t = w.t().contiguous() if onednn else None
@@ -365,7 +278,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             for start in range(0, len(h), chunk_rows):
                 rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows, None]
-                chunk = _onednn_mm(rows, w.t()) if onednn else torch.mm(rows, w.t(), out=logits[: len(rows)])
+                chunk = onednn_mm(rows, w.t()) if onednn else torch.mm(rows, w.t(), out=logits[: len(rows)])
                 logp = torch.log_softmax(chunk, dim=-1, dtype=torch.float32)
                 picked = logp.gather(1, t)
                 total -= picked.sum()
@@ -374,8 +287,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 grad = logp.exp_().scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one_hot
                 grad = grad.to(dtype)
                 if onednn:
-                    grad_h[start : start + len(rows)] = _onednn_mm(grad, w_t.t())
-                    chunk_w = _onednn_mm(rows.t().contiguous(), grad)  # [dim, vocab]
+                    grad_h[start : start + len(rows)] = onednn_mm(grad, w_t.t())
+                    chunk_w = onednn_mm(rows.t().contiguous(), grad)  # [dim, vocab]
                     if start:
                         grad_w += chunk_w
                     else:

@@ -804,10 +804,10 @@ def measure_matmul_flops(
     *, torch_only: bool = False,
 ) -> float:
     """Achieved FLOP/s of a square matmul, the best of `trials` timings and of every kernel at
-    hand (torch's own, and oneDNN's where llamaforge uses it: `model.onednn_matmuls`): the
+    hand (torch's own, and oneDNN's where llamaforge uses it: `cpu_kernels`): the
     practical peak when no datasheet applies (CPUs). The best, not the mean, so a busy machine
     does not pass for a slow one. torch_only: torch.matmul's rate alone."""
-    from .model import matmul
+    from .cpu_kernels import matmul
 
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=g)

@@ -6,18 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from llamaforge import bench
-from llamaforge.generate import SamplingParams, generate, last_logits, use_decode_layout
+from llamaforge import cpu_kernels
+from llamaforge.cpu_kernels import decode_layout, use_decode_layout
+from llamaforge.generate import SamplingParams, generate, last_logits
 from llamaforge.model import IGNORE_INDEX, Linear, ModelArgs, Transformer, chunked_cross_entropy
 
 
 @pytest.fixture(params=["onednn", "torch"])
 def cpu_matmuls(request, monkeypatch):
     """Both fp32 CPU matmul paths: oneDNN's (where this torch has it) and torch's default."""
-    from llamaforge import model as model_module
-
-    if request.param == "onednn" and not model_module._onednn_works():
+    if request.param == "onednn" and not cpu_kernels._onednn_works():
         pytest.skip("this torch has no usable oneDNN linear op")
-    monkeypatch.setattr(model_module, "_onednn", request.param == "onednn")
+    monkeypatch.setattr(cpu_kernels, "_onednn", request.param == "onednn")
     return request.param
 
 
@@ -58,39 +58,41 @@ def test_decode_helpers_match_the_full_forward(cpu_matmuls):
         assert torch.allclose(last_logits(model, tokens, 0), full, atol=1e-5)
 
 
-def test_decode_layout_keeps_values_names_and_training():
+def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
     torch.manual_seed(0)
     a = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
     b = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
     b.load_state_dict(a.state_dict())
-    generate(a, [[1, 2, 3]], SamplingParams(max_new_tokens=3))  # converts a's weights on CPU
-    wq = a.layers[0].attention.wq.weight
-    assert not wq.is_contiguous() and wq.t().is_contiguous() and not wq.is_inference()
-    assert a.state_dict().keys() == b.state_dict().keys()
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    wq = a.layers[0].attention.wq
+    with decode_layout(a):
+        assert not wq.weight.is_contiguous() and wq.weight.t().is_contiguous() and not wq.weight.is_inference()
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert wq.weight.is_contiguous()
     tokens = torch.randint(0, 64, (2, 17))
-    for model in (a, b):  # the same AdamW steps on both layouts give the same weights
-        opt = bench.make_optimizer(model)
-        for _ in range(3):
+    opts = bench.make_optimizer(a), bench.make_optimizer(b)  # fused AdamW on CPU: state made before sampling
+    for step in range(4):
+        if step == 2:  # sampling in the middle of training leaves the weights as they were
+            generate(a, [[1, 2, 3]], SamplingParams(max_new_tokens=3))
+            assert all(p.is_contiguous() for p in a.parameters())
+        for model, opt in zip((a, b), opts):
             model(tokens[:, :-1], targets=tokens[:, 1:].contiguous()).backward()
             opt.step()
             opt.zero_grad()
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-def test_split_decode_matmul_equals_linear(threads, monkeypatch):
+@pytest.mark.parametrize("threads, splits", [(2, 3), (3, 3), (5, 0)])  # 5 does not divide 48: plain path
+def test_split_decode_matmul_equals_linear(threads, splits, monkeypatch):
     torch.manual_seed(0)
     layer = Linear(48, 20)
-    with torch.no_grad():
-        layer.weight.data = layer.weight.data.t().contiguous().t()
+    use_decode_layout(layer)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     calls = []
     monkeypatch.setattr(torch, "bmm", lambda *a, _bmm=torch.bmm: calls.append(1) or _bmm(*a))
     for shape in [(1, 48), (2, 1, 48), (8, 48), (9, 48)]:  # 9 rows: the plain path
         x = torch.randn(shape)
         assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-5)
-    assert len(calls) == 3
+    assert len(calls) == splits
 
 
 def test_generate_is_unchanged_by_the_decode_fast_path():
@@ -139,8 +141,6 @@ def test_training_memory_is_measured_in_a_subprocess():
 def test_cpu_fp32_matmuls_match_torch_with_gradients(cpu_matmuls):
     """The oneDNN path (where torch has it) gives torch's values and gradients, for the
     projections and for the fused cross-entropy's vocabulary matmuls."""
-    from llamaforge import model as model_module
-
     torch.manual_seed(0)
     layer = Linear(24, 40)
     x = torch.randn(3, 5, 24, requires_grad=True)
@@ -152,5 +152,22 @@ def test_cpu_fp32_matmuls_match_torch_with_gradients(cpu_matmuls):
     with torch.no_grad():
         assert torch.allclose(layer(x), F.linear(x, layer.weight), atol=1e-5)
     a, b = torch.randn(300, 17), torch.randn(17, 9)
-    assert torch.allclose(model_module.matmul(a, b), a @ b, atol=1e-5)
-    assert torch.allclose(model_module.matmul(a.t().contiguous().t(), b.t().contiguous().t()), a @ b, atol=1e-5)
+    assert torch.allclose(cpu_kernels.matmul(a, b), a @ b, atol=1e-5)
+    assert torch.allclose(cpu_kernels.matmul(a.t().contiguous().t(), b.t().contiguous().t()), a @ b, atol=1e-5)
+
+
+def test_cpu_matmul_edge_cases(cpu_matmuls):
+    layer = Linear(8, 4)
+    empty = torch.randn(0, 8, requires_grad=True)  # no rows (an SFT batch without answers)
+    layer(empty).sum().backward()
+    assert empty.grad.shape == (0, 8) and torch.equal(layer.weight.grad, torch.zeros(4, 8))
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    cpu_kernels._onednn_works()  # the kernel check leaves the global RNG alone
+    assert torch.equal(torch.rand(3), expected)
+    x = torch.randn(2, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    if cpu_matmuls == "onednn":  # no silent wrong second derivative
+        with pytest.raises(RuntimeError):
+            grad.square().sum().backward()

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate import SamplingParams, last_logits, sample_next, use_decode_layout
+from ..cpu_kernels import use_decode_layout
+from ..generate import SamplingParams, last_logits, sample_next
 from ..model import KVCache, Transformer
 
 log = logging.getLogger("llamaforge.serve")
@@ -172,7 +173,7 @@ class Engine:
                              f"(the model's max_seq_len); got {max_batch}, {max_queue} and {context}")
         self.model, self.tokenizer = model.eval(), tokenizer
         if model.output.weight.device.type == "cpu":
-            use_decode_layout(model)
+            use_decode_layout(model)  # for as long as it serves (see cpu_kernels)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.context = context  # tokens per sequence, prompt included; the cache holds this many slots a row
         weight = model.output.weight

@@ -1,0 +1,163 @@
+"""CPU fast paths for the model's matmuls, kept out of model.py so that it reads as the model.
+
+Two things make a CPU run fast here, both measured on the AMD EPYC (Zen 5, AVX-512, 2 cores)
+the benchmarks run on (benchmarks/RESULTS.md):
+
+- fp32 matmuls through oneDNN: torch's default fp32 GEMM (MKL) takes a path half as wide as
+  the CPU there, ~210 GFLOP/s, where oneDNN reaches ~420 for the same shapes, in fp32
+  throughout (bf16 under autocast goes to oneDNN already). `matmul`, `linear`.
+- decoding reads the weights on every core: a matmul of a few rows is bound by reading the
+  weight, and MKL reads it on one core. With the weight stored as the transpose of a
+  contiguous [in, out] matrix (`decode_layout`), the input dimension splits into one
+  contiguous block per core and one batched matmul reads them all at once (35 vs 16 GB/s
+  for a decode step of the GQA bench config). `split_rows_linear`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_onednn: bool | None = None  # decided on first use
+
+
+def onednn_matmuls() -> bool:
+    """Whether fp32 CPU matmuls go through oneDNN. Off with LLAMAFORGE_ONEDNN=0, and where this
+    torch lacks the op or gives a wrong result."""
+    global _onednn
+    if _onednn is None:
+        _onednn = os.environ.get("LLAMAFORGE_ONEDNN", "1") != "0" and _onednn_works()
+    return _onednn
+
+
+def _onednn_works() -> bool:
+    g = torch.Generator().manual_seed(0)  # a private generator: the global RNG stays untouched
+    a, b = torch.randn(37, 19, generator=g), torch.randn(19, 23, generator=g)
+    try:
+        return torch.allclose(onednn_mm(a, b), a @ b, rtol=1e-4, atol=1e-5)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b [K, N] by oneDNN. It copies a strided `a` first (~8 ms at [262, 32000])
+    but reads a strided `b` almost as fast as a contiguous one."""
+    return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
+
+
+def onednn_applies(*tensors: torch.Tensor) -> bool:
+    """True where `onednn_mm` serves: plain non-empty fp32 CPU tensors, no autocast, no compile."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() > 0
+            and type(t) in (torch.Tensor, nn.Parameter) for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and onednn_matmuls()
+    )
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b [K, N] (no autograd), through oneDNN where it applies."""
+    return onednn_mm(a, b) if onednn_applies(a, b) else a @ b
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) without bias, through oneDNN where it applies (with its gradients)."""
+    if not onednn_applies(x, w):
+        return F.linear(x, w)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _OneDNNLinear.apply(x, w)
+    return matmul(x.reshape(-1, x.shape[-1]), w.t()).view(*x.shape[:-1], w.shape[0])
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ w.T and its two gradients, each one oneDNN matmul."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, w)
+        ctx.shape = x.shape
+        return matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the oneDNN op has no derivative of its own
+    def backward(ctx, grad):
+        rows, w = ctx.saved_tensors
+        grad = grad.reshape(-1, w.shape[0])
+        grad_x = matmul(grad, w).view(*ctx.shape) if ctx.needs_input_grad[0] else None
+        grad_w = matmul(grad.t(), rows) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+# --------------------------------------------------------------------------- decoding
+
+DECODE_ROWS = 8  # at most this many rows take the split path (decode steps, not prefills)
+MAX_BLOCKS = 16  # the [blocks, rows, out] partial products stay small
+
+
+def split_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """x @ w.T for a few fp32 rows on all cores, or None where the split does not apply.
+
+    w must be stored transposed (`decode_layout`): w.t() is then a contiguous [in, out] matrix
+    whose row blocks are views, one per core; the partial products are summed."""
+    in_features, out_features = w.shape[1], w.shape[0]
+    blocks = min(math.gcd(in_features, torch.get_num_threads()), MAX_BLOCKS)
+    if (
+        blocks < 2
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32  # bf16 partial sums would round before they add up
+        or w.dtype != torch.float32
+        or w.stride(0) != 1
+        or x.numel() > DECODE_ROWS * in_features
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    rows = x.reshape(-1, blocks, in_features // blocks).transpose(0, 1)  # [blocks, N, in/blocks]
+    partial = torch.bmm(rows, w.t().view(blocks, in_features // blocks, out_features))
+    return partial.sum(0).view(*x.shape[:-1], out_features)
+
+
+def use_decode_layout(model: nn.Module) -> list[nn.Linear]:
+    """Store every Linear weight [out, in] as the transpose of a contiguous [in, out] matrix:
+    the same values, shape and names, another memory order (see the module docstring).
+    Returns the modules changed. Models under FSDP are left alone: it owns their storage."""
+    if _fsdp_managed(model):
+        return []
+    changed = []
+    # Outside inference mode (generate runs in it): the weights must stay ordinary tensors.
+    with torch.inference_mode(False), torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and module.weight.shape[0] > 1:
+                module.weight.data = module.weight.data.t().contiguous().t()
+                changed.append(module)
+    return changed
+
+
+@contextlib.contextmanager
+def decode_layout(model: nn.Module) -> Iterator[None]:
+    """`use_decode_layout` for the duration of a generation, then the weights are contiguous
+    again: an optimizer's state (fused AdamW walks state and weight element by element as if
+    they shared a layout), FSDP's `fully_shard` and outside `save_file` calls never see the
+    transposed layout. Costs two copies of the weights per generation."""
+    changed = use_decode_layout(model)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for module in changed:
+                module.weight.data = module.weight.data.contiguous()
+
+
+def _fsdp_managed(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
