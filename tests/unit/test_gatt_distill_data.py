@@ -181,3 +181,21 @@ def test_a_users_instructions_without_gold_answers_keep_only_the_turns_the_model
     assert answers == [["bees, i think.", None, "bees, i think."]] and kept == pytest.approx(2 / 3)
     examples = gatt.gatt_examples(record, answers[0], record["instruction"])
     assert len(examples) == 1 and examples[0]["messages"][-1]["content"] == "bees, i think."
+
+
+def test_recombined_dialogs_pair_each_instruction_with_other_questions_and_rewrite_their_gold(world, tok, monkeypatch):
+    records = world.gatt[:5]
+    dialogs = gatt.recombined(records, 17, random.Random(0))
+    assert len(dialogs) == 17 and dialogs[:5] == records and len({d["id"] for d in dialogs}) == 17
+    asked = {t["prompt"] for r in records for t in r["turns"]}
+    for i, dialog in enumerate(dialogs[5:]):
+        source = records[i % 5]
+        assert {k: dialog[k] for k in ("instruction", "short", "checks")} == {k: source[k] for k in ("instruction", "short", "checks")}
+        assert len(dialog["turns"]) == len(source["turns"]) and {t["prompt"] for t in dialog["turns"]} <= asked
+        for turn in dialog["turns"]:  # the gold answer is the one for this dialog's instruction, not the source's
+            assert "gold" not in turn and judges.adherence(dialog["checks"], gatt._gold(dialog, turn))
+    assert all(t.get("gold") for r in records for t in r["turns"])  # the world's records are left as they were
+    replies, _ = fake_replies(lambda d: "no idea")
+    monkeypatch.setattr(gatt, "chat_replies", replies)
+    examples, kept = gatt.build_gatt_data(FakeModel(), tok, records, gatt.GAttData(dialogs=17), seed=0)
+    assert kept == 0 and len(examples) == sum(len(d["turns"]) for d in dialogs)
