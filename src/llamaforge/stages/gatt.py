@@ -1,6 +1,6 @@
 """Ghost Attention (SPEC §9): a system instruction that holds for many turns.
 
-    llamaforge gatt base=runs/demo/06-rlhf                     # the built-in world's instructions
+    llamaforge gatt base=runs/demo/06-rlhf data.dialogs=600    # the built-in world's instructions
     llamaforge gatt base=... data.instructions=my_gatt.jsonl   # {"instruction", "short", "checks", "turns": [...]}
 
 GAtt is a data generator for the one SFT loop. For each multi-turn dialog of an instruction
@@ -103,14 +103,11 @@ def fit_dialog(tok, dialog: list[dict], limit: int) -> list[dict]:
 
 def recombined(records: Sequence[dict], n: int, rng: random.Random) -> list[dict]:
     """`n` instruction dialogs: the records, then their instructions in turn, each with as many
-    questions drawn at random from all records (their plain answers, rewritten for it by `_gold`).
-    An instruction of two parts (two checks) comes up twice as often: combinations are the hard
-    case (measured in the demo: single instructions held at turns 10-20, most combinations failed)."""
+    questions drawn at random from all records (their plain answers, rewritten for it by `_gold`)."""
     pool = [{k: v for k, v in t.items() if k != "gold"} for r in records for t in r["turns"] if t.get("answer")]
-    weighted = [r for r in records for _ in range(max(1, len(r.get("checks", ()))))]
     out = list(records[:n])
     for i in range(n - len(out) if pool else 0):
-        record = weighted[i % len(weighted)]
+        record = records[i % len(records)]
         turns = rng.sample(pool, min(len(record["turns"]), len(pool)))
         out.append({**record, "id": f"{record.get('id', 'gatt')}/mix-{i}", "turns": turns})
     return out
@@ -283,10 +280,9 @@ def run_gatt(base: str | os.PathLike, records: Sequence[dict], out_dir: str | os
         first_late = 10 if eval_turns >= 20 else eval_turns // 2 + 1
         late = slice(first_late - 1, eval_turns)
         late_label = f"turns {first_late}-{eval_turns}"
-        results, rows, series = {}, [], {}
-        for label, key, m in variants:
-            result = adherence_by_turn(m, tok, eval_records, max_turns=eval_turns, seed=cfg.seed)
-            results[key] = result
+        rows, series = [], {}
+        for label, key, candidate in variants:
+            result = adherence_by_turn(candidate, tok, eval_records, max_turns=eval_turns, seed=cfg.seed)
             everything, tail, helpful = (_mean(result["adherence"]), _mean(result["adherence"][late]),
                                          _mean(result["helpfulness"]))
             summary["metrics"].update({f"adherence/{key}": everything, f"adherence_late/{key}": tail,
@@ -303,7 +299,7 @@ def run_gatt(base: str | os.PathLike, records: Sequence[dict], out_dir: str | os
         summary["effect"] = (f"instruction adherence over {late_label} {m['adherence_late/without_gatt']:.2f} (without "
                              f"GAtt) -> {m['adherence_late/with_gatt']:.2f} (with GAtt), all turns "
                              f"{m['adherence/without_gatt']:.2f} -> {m['adherence/with_gatt']:.2f}")
-        if "control" in results:
+        if "adherence_late/control" in m:
             summary["effect"] += (f"; fine-tuned on the same SFT dialogs without GAtt data: "
                                   f"{m['adherence_late/control']:.2f} over {late_label}")
         summary["effect"] += f"; {len(examples)} GAtt examples, {kept:.0%} of sampled answers kept"
@@ -325,10 +321,12 @@ def run_demo_gatt(base: str | os.PathLike, world, out_dir: str | os.PathLike, *,
     over 20 turns on held-out instructions, with and without GAtt."""
     train = [r for r in world.gatt if r.get("split") == "train"]
     held_out = [r for r in world.gatt if r.get("split") == "eval"][: 8 if quick else 48]
-    # 600 dialogs from the 150 train instructions (4 question sets each). Measured from the demo's
-    # SFT model: with 150 (one per record) adherence over turns 10-20 reached only 0.32 and even at
-    # turn 1 the model mixed up hobbies and personas; with 600 it reached 0.93.
-    cfg = GAttConfig(data=GAttData(dialogs=48 if quick else 600))
+    # 800 dialogs from the 150 train instructions, each with about 5 question sets (SPEC §9 combines
+    # instructions and dialogs at random). Measured over turns 10-20 on 48 held-out instructions,
+    # from the demo's RLHF model: 150 dialogs 0.33 (on 24; even at turn 1 the model mixed up hobbies
+    # and personas), 600 with half as many SFT dialogs mixed in 0.89, 800 with a quarter 0.91; the
+    # misses left are mostly two-part instructions. The system prompt stays in every cut dialog.
+    cfg = GAttConfig(data=GAttData(dialogs=48 if quick else 800, mix_sft=0.25))
     return run_gatt(base, train[: 24 if quick else None], out_dir, sft_dialogs=world.sft, eval_records=held_out,
                     cfg=cfg, eval_turns=6 if quick else 20, compare_control=True)
 
