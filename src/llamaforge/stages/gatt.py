@@ -1,6 +1,6 @@
 """Ghost Attention (SPEC §9): a system instruction that holds for many turns.
 
-    llamaforge gatt base=runs/demo/06-rlhf data.dialogs=600    # the built-in world's instructions
+    llamaforge gatt base=runs/demo/06-rlhf data.dialogs=800 data.mix_sft=0.25   # the built-in world's (as the demo)
     llamaforge gatt base=... data.instructions=my_gatt.jsonl   # {"instruction", "short", "checks", "turns": [...]}
 
 GAtt is a data generator for the one SFT loop. For each multi-turn dialog of an instruction
