@@ -334,7 +334,7 @@ STAGES: list[Stage] = [
     Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
     # The loop fine-tunes through the SFT loop (rejection sampling), so it needs SFT's code too.
     Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf:run_rlhf", "llamaforge.stages.sft:finetune")),
-    Stage("gatt", 90, _gatt_stage, requires=("llamaforge.stages.gatt:run_demo_gatt",)),
+    Stage("gatt", 240, _gatt_stage, requires=("llamaforge.stages.gatt:run_demo_gatt",)),
     Stage("distill", 75, _distill_stage, requires=("llamaforge.stages.distill:run_demo_distill",)),
     Stage("eval", 60, _eval_stage, quick_budget_s=20),
     Stage("report", 10, _report_stage, quick_budget_s=5),

@@ -21,18 +21,24 @@ def test_gatt_stage_fine_tunes_and_plots_adherence_by_turn(tiny, tmp_path):
     world = tiny["world"]
     train = [r for r in world.gatt if r["split"] == "train"][:6]
     held_out = [r for r in world.gatt if r["split"] == "eval"][:3]
-    cfg = gatt.GAttConfig(train=_train(), epochs=1)
+    cfg = gatt.GAttConfig(train=_train(), epochs=1, data=gatt.GAttData(dialogs=9))  # 6 records, 3 recombined
     summary = gatt.run_gatt(tiny["lm"], train, tmp_path / "gatt", sft_dialogs=world.sft, eval_records=held_out,
-                            cfg=cfg, eval_turns=4, progress=False)
+                            cfg=cfg, eval_turns=4, compare_control=True, progress=False)
     assert json.loads((tmp_path / "gatt" / "summary.json").read_text())["effect"] == summary["effect"]
     series = summary["plots"][0]["series"]
-    assert len(series["with GAtt"]["y"]) == len(series["without GAtt"]["y"]) == 4
+    assert [len(s["y"]) for s in series.values()] == [4, 4, 4]
+    assert list(series) == ["without GAtt", "fine-tuned without GAtt data", "with GAtt"]
+    assert [row[0] for row in summary["tables"][0]["rows"]] == list(series)
     assert "turns 3-4" in summary["effect"] and "nan" not in summary["effect"]
-    assert summary["metrics"]["gatt_examples"] == sum(len(r["turns"]) for r in train)
+    turns = [len(r["turns"]) for r in train]
+    assert summary["metrics"]["gatt_examples"] == sum(turns) + sum(turns[:3])
     assert 0 <= summary["metrics"]["model_answers_kept"] <= 1
     manifest = json.loads((tmp_path / "gatt" / "model" / "manifest.json").read_text())
     assert manifest["data"]["dialogs"] == summary["metrics"]["gatt_examples"] + summary["metrics"]["sft_mixed"]
     assert load_model(summary["outputs"]["model"]).args == load_model(tiny["lm"]).args
+    control = json.loads((tmp_path / "gatt" / "model-no-gatt" / "manifest.json").read_text())
+    assert control["data"]["dialogs"] == summary["metrics"]["sft_mixed"]  # the same SFT dialogs, no GAtt data
+    assert summary["outputs"]["model_no_gatt"].endswith("model-no-gatt")
 
 
 def test_distill_stage_reports_the_gate_and_before_after(tiny, tmp_path):

@@ -181,3 +181,37 @@ def test_a_users_instructions_without_gold_answers_keep_only_the_turns_the_model
     assert answers == [["bees, i think.", None, "bees, i think."]] and kept == pytest.approx(2 / 3)
     examples = gatt.gatt_examples(record, answers[0], record["instruction"])
     assert len(examples) == 1 and examples[0]["messages"][-1]["content"] == "bees, i think."
+
+
+def test_recombined_dialogs_pair_each_instruction_with_other_questions_and_rewrite_their_gold(world, tok, monkeypatch):
+    records = world.gatt[:5]
+    dialogs = gatt.recombined(records, 17, random.Random(0))
+    assert len(dialogs) == 17 and dialogs[:5] == records and len({d["id"] for d in dialogs}) == 17
+    asked = {t["prompt"] for r in records for t in r["turns"]}
+    for i, dialog in enumerate(dialogs[5:]):
+        source = records[i % 5]
+        assert all(dialog[k] == source[k] for k in ("instruction", "short", "checks"))
+        assert len(dialog["turns"]) == len(source["turns"]) and {t["prompt"] for t in dialog["turns"]} <= asked
+        for turn in dialog["turns"]:  # the gold answer is the one for this dialog's instruction, not the source's
+            assert "gold" not in turn and judges.adherence(dialog["checks"], gatt._gold(dialog, turn))
+    assert all(t.get("gold") for r in records for t in r["turns"])  # the world's records are left as they were
+    replies, _ = fake_replies(lambda d: "no idea")
+    monkeypatch.setattr(gatt, "chat_replies", replies)
+    examples, kept = gatt.build_gatt_data(FakeModel(), tok, records, gatt.GAttData(dialogs=17), seed=0)
+    assert kept == 0 and len(examples) == sum(len(d["turns"]) for d in dialogs)
+
+
+def test_the_demo_sft_mix_can_hold_back_safety_demos_and_add_compliant_answers(world):
+    from llamaforge.stages.sft import demo_dialogs
+
+    assert demo_dialogs(world) == world.sft  # the default keeps the world's dialogs
+    safety = [d for d in world.sft if d["kind"] == "safety"]
+    mix = demo_dialogs(world, safety_share=0.25, compliant=5)
+    assert [d for d in mix if d["kind"] == "safety"] == safety[: round(0.25 * len(safety))]
+    assert [d for d in mix if d["kind"] not in ("safety", "compliant")] == [d for d in world.sft if d["kind"] != "safety"]
+    compliant = [d for d in mix if d["kind"] == "compliant"]
+    records = world.prompt_records("adversarial", "train")[:5]
+    assert [d["messages"][0]["content"] for d in compliant] == [r["prompt"] for r in records]
+    assert all(judges.safety_violation(r, d["messages"][1]["content"]) for r, d in zip(records, compliant))
+    held_out = {r["prompt"] for r in world.prompt_records("adversarial", "eval")}
+    assert not held_out & {d["messages"][0]["content"] for d in compliant}  # evaluation prompts stay unseen

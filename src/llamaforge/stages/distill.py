@@ -226,7 +226,9 @@ def run_demo_distill(base: str | os.PathLike, world, out_dir: str | os.PathLike,
                      quick: bool = False) -> dict:
     """The demo's distillation stage, gated by the reward stage's safety RM when there is one."""
     cfg = DistillConfig(safety_rm=safety_rm or "gold", prompts=24 if quick else 0)
-    return run_distill(base, world, out_dir, cfg=cfg, eval_records=eval_prompts(world, 24 if quick else 120))
+    # The gate's effect is measured, not only counted: a second fine-tune on the ungated answers.
+    return run_distill(base, world, out_dir, cfg=cfg, eval_records=eval_prompts(world, 24 if quick else 120),
+                       compare_gate=True)
 
 
 def main(argv: list[str] | None = None) -> int:

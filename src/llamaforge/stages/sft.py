@@ -265,12 +265,32 @@ def eval_records(world, n_helpful: int) -> list[dict]:
             + world.prompt_records("borderline", "eval")[: n_helpful // 2])
 
 
+def demo_dialogs(world, *, safety_share: float = 1.0, compliant: int = 0) -> list[dict]:
+    """The world's SFT dialogs, by default unchanged. `safety_share` keeps that share of its safety
+    demonstrations (SPEC §10); `compliant` adds that many train-split adversarial prompts answered
+    with the world's compliant (unsafe) answer, as an annotator told only to be helpful would. The
+    demo's SFT model then still violates, so the later safety stages have something to fix: holding
+    safety demonstrations back alone does not do it (measured: 0% violations on 120 held-out
+    adversarial prompts with all or none of them, greedy or at temperature 0.6; the harmful how-to
+    text of the corpus does not surface in the chat replies of a 2.4M-parameter model). With a
+    quarter of them and all 360 compliant answers: 18% (SPEC §10's safety tuning then has work)."""
+    safety = [d for d in world.sft if d.get("kind") == "safety"]
+    kept = set(id(d) for d in safety[: round(safety_share * len(safety))])
+    dialogs = [d for d in world.sft if d.get("kind") != "safety" or id(d) in kept]
+    prompts = world.prompt_records("adversarial", "train")[:compliant]
+    return dialogs + [{"id": f"{r['id']}/compliant", "kind": "compliant",
+                       "messages": [{"role": "user", "content": r["prompt"]},
+                                    {"role": "assistant", "content": r["unsafe_answer"]}]} for r in prompts]
+
+
 def run_demo_sft(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, epochs: float = 2.0,
-                 eval_prompts: int = 120, progress: bool = True) -> dict:
+                 eval_prompts: int = 120, safety_share: float = 1.0, compliant: int = 0,
+                 progress: bool = True) -> dict:
     """The demo's SFT stage: fine-tune `base` on the world's dialogs in `out_dir`, then measure the
     effect with the gold judges: the pretrained model prompted with the same chat format against
     the SFT model on held-out prompts (paired bootstrap interval). Returns the stage summary
-    (also written to `out_dir/summary.json`); `outputs.model` is the fine-tuned run folder."""
+    (also written to `out_dir/summary.json`); `outputs.model` is the fine-tuned run folder.
+    `safety_share` and `compliant` change the mix (`demo_dialogs`); the defaults keep the world's."""
     from ..checkpoint import load_model
     from ..eval.chat import chat_eval, paired_difference
     from ..report import write_summary
@@ -280,7 +300,8 @@ def run_demo_sft(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, 
     out_dir = Path(out_dir)
     # 2 epochs (SPEC §6). Measured on the demo preset: 1 epoch leaves gold helpfulness at 0.16 with
     # 63% false refusals (0.24 and 48% at twice the LR); 2 epochs reach 0.33 and 18%.
-    finetune(base, world.sft, out_dir, epochs=epochs, progress=progress)
+    finetune(base, demo_dialogs(world, safety_share=safety_share, compliant=compliant), out_dir, epochs=epochs,
+             progress=progress)
     tok = Tokenizer(_tokenizer_of(out_dir))
     records = eval_records(world, eval_prompts)
     before = chat_eval(load_model(base), tok, records)
