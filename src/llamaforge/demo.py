@@ -182,7 +182,12 @@ def _pretrain_stage(ctx: Context) -> dict:
 def _sft_stage(ctx: Context) -> dict:
     from .stages.sft import run_demo_sft
 
-    return run_demo_sft(ctx.model("pretrain"), ctx.world, ctx.dir, eval_prompts=24 if ctx.quick else 120)
+    # A helpfulness-first mix: a quarter of the world's safety demonstrations and 360 adversarial
+    # prompts answered as an annotator told only to be helpful would (stages.sft.demo_dialogs).
+    # The SFT model then still violates (18% measured), as the paper's models did before safety
+    # tuning, so that the safety RM in RLHF and context distillation (SPEC §10) have work to show.
+    return run_demo_sft(ctx.model("pretrain"), ctx.world, ctx.dir, eval_prompts=24 if ctx.quick else 120,
+                        safety_share=0.25, compliant=360)
 
 
 def _reward_stage(ctx: Context) -> dict:
