@@ -2,7 +2,7 @@
 the world's own yardsticks.
 
 The pipeline is the ordered list `STAGES`: world -> tokenizer -> pretrain -> sft -> reward ->
-rlhf -> gatt -> distill -> eval -> report. A stage is a function `(ctx: Context) -> dict` that
+rlhf -> distill -> gatt -> eval -> report. A stage is a function `(ctx: Context) -> dict` that
 returns its summary (`{"stage", "effect", "seconds", "metrics", "tables", "plots", "outputs"}`,
 `outputs` naming what later stages use, e.g. `{"model": path}`); the demo writes it to
 `runs/<name>/NN-<stage>/summary.json`. A stage whose folder already holds a summary is done and
@@ -339,8 +339,10 @@ STAGES: list[Stage] = [
     Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
     # The loop fine-tunes through the SFT loop (rejection sampling), so it needs SFT's code too.
     Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf:run_rlhf", "llamaforge.stages.sft:finetune")),
-    Stage("gatt", 240, _gatt_stage, requires=("llamaforge.stages.gatt:run_demo_gatt",)),
+    # Distillation is part of safety tuning (SPEC §10), GAtt comes after RLHF (SPEC §9): and GAtt's
+    # replay of the world's SFT dialogs would otherwise remove the violations before distillation.
     Stage("distill", 75, _distill_stage, requires=("llamaforge.stages.distill:run_demo_distill",)),
+    Stage("gatt", 240, _gatt_stage, requires=("llamaforge.stages.gatt:run_demo_gatt",)),
     Stage("eval", 60, _eval_stage, quick_budget_s=20),
     Stage("report", 10, _report_stage, quick_budget_s=5),
 ]

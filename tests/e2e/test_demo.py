@@ -74,8 +74,8 @@ def test_a_failing_stage_is_recorded_the_others_still_run_and_a_rerun_retries_it
 
 
 def test_pipeline_stages_are_in_the_paper_order():
-    assert [s.name for s in demo.STAGES] == ["world", "tokenizer", "pretrain", "sft", "reward", "rlhf", "gatt",
-                                             "distill", "eval", "report"]
+    assert [s.name for s in demo.STAGES] == ["world", "tokenizer", "pretrain", "sft", "reward", "rlhf", "distill",
+                                             "gatt", "eval", "report"]
 
 
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):

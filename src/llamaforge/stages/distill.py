@@ -1,7 +1,7 @@
 """Safety context distillation (SPEC §10): answer adversarial prompts with a safety preprompt,
 then fine-tune on the answers without it.
 
-    llamaforge distill base=runs/demo/07-gatt safety_rm=runs/demo/05-reward/safety
+    llamaforge distill base=runs/demo/06-rlhf/round-2/ppo safety_rm=runs/demo/05-reward/safety
     llamaforge distill base=... scorer=gold            # the world's gold judge as the gate
 
 For each adversarial training prompt the model answers twice: plainly, and with a preprompt
