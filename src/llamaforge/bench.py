@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .cpu_kernels import onednn_matmuls
 from .model import ModelArgs, Transformer
 
 
@@ -470,8 +471,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     if device.type == "cpu":
-        from .cpu_kernels import onednn_matmuls
-
         env["llamaforge_fp32_matmuls"] = "oneDNN" if onednn_matmuls() else "torch default (MKL)"
     try:
         import transformers
@@ -544,7 +543,7 @@ def run(
     bf16_fast = dev.type == "cuda" or _cpu_has_bf16_matmul()
     timer.wait_for_quiet()
     report["matmul_peak"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
-    if dev.type == "cpu":  # what transformers' matmuls (torch's default kernels) reach, for comparison
+    if dev.type == "cpu" and onednn_matmuls():  # what transformers' (torch's default) kernels reach
         report["matmul_peak_torch"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes, torch_only=True)}
     if "bf16" in precisions:
         report["matmul_peak"]["bf16"] = matmul_peak(dev, torch.bfloat16, peak_sizes) if bf16_fast else _slow_bf16_rate(dev)

@@ -127,8 +127,10 @@ def split_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
 def use_decode_layout(model: nn.Module) -> list[nn.Linear]:
     """Store every Linear weight [out, in] as the transpose of a contiguous [in, out] matrix:
     the same values, shape and names, another memory order (see the module docstring).
-    Returns the modules changed. Models under FSDP are left alone: it owns their storage."""
-    if _fsdp_managed(model):
+    Returns the modules changed. Models off the CPU, and models under FSDP (it owns their
+    storage), are left alone."""
+    weight = next(model.parameters(), None)
+    if weight is None or weight.device.type != "cpu" or _fsdp_managed(model):
         return []
     changed = []
     # Outside inference mode (generate runs in it): the weights must stay ordinary tensors.
@@ -145,7 +147,8 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
     """`use_decode_layout` for the duration of a generation, then the weights are contiguous
     again: an optimizer's state (fused AdamW walks state and weight element by element as if
     they shared a layout), FSDP's `fully_shard` and outside `save_file` calls never see the
-    transposed layout. Costs two copies of the weights per generation."""
+    transposed layout. Costs two copies of the weights; nested uses copy nothing more, so a
+    caller that generates many batches can hold it around all of them."""
     changed = use_decode_layout(model)
     try:
         yield

@@ -8,7 +8,6 @@ one token per step.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -132,7 +131,7 @@ def generate_steps(
     model.setup_cache(B, model.args.max_seq_len if compile else total)
     step = compiled_last_logits() if compile else last_logits
     # On CPU the weights take the decode layout for this generation only (see cpu_kernels).
-    with decode_layout(model) if device.type == "cpu" else contextlib.nullcontext():
+    with decode_layout(model):
         try:
             cur, step_tokens = 0, tokens
             for _ in range(total - longest):
@@ -281,13 +280,14 @@ def chat_replies(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="sampling", unit="batch", leave=False)
-    for start in starts:
-        rows = order[start : start + batch_size]
-        room = limit - max(len(prompts[i]) for i in rows)
-        batch_params = params if params.max_new_tokens <= room else _with_max_new(params, room)
-        for i, completion in zip(rows, generate(model, [prompts[i] for i in rows], batch_params, tokenizer=tokenizer)):
-            completion.text = _cut_at_chat_tag(parse_reply(tokenizer, completion.tokens) if completion.tokens else "")
-            out[i] = completion
+    with decode_layout(model):  # once for all batches, not per generate() call
+        for start in starts:
+            rows = order[start : start + batch_size]
+            room = limit - max(len(prompts[i]) for i in rows)
+            batch_params = params if params.max_new_tokens <= room else _with_max_new(params, room)
+            for i, completion in zip(rows, generate(model, [prompts[i] for i in rows], batch_params, tokenizer=tokenizer)):
+                completion.text = _cut_at_chat_tag(parse_reply(tokenizer, completion.tokens) if completion.tokens else "")
+                out[i] = completion
     return out  # type: ignore[return-value]
 
 

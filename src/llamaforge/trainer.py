@@ -807,12 +807,13 @@ def measure_matmul_flops(
     hand (torch's own, and oneDNN's where llamaforge uses it: `cpu_kernels`): the
     practical peak when no datasheet applies (CPUs). The best, not the mean, so a busy machine
     does not pass for a slow one. torch_only: torch.matmul's rate alone."""
-    from .cpu_kernels import matmul
+    from .cpu_kernels import matmul, onednn_matmuls
 
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-    kernels = [torch.matmul] + ([matmul] if device.type == "cpu" and not torch_only else [])
+    fast_cpu = device.type == "cpu" and dtype == torch.float32 and onednn_matmuls() and not torch_only
+    kernels = [torch.matmul] + ([matmul] if fast_cpu else [])
     best = 0.0
     for kernel in kernels:
         kernel(a, b)

@@ -66,6 +66,9 @@ def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
     wq = a.layers[0].attention.wq
     with decode_layout(a):
         assert not wq.weight.is_contiguous() and wq.weight.t().is_contiguous() and not wq.weight.is_inference()
+        with decode_layout(a):  # nested (chat_replies around generate): nothing converted twice
+            assert use_decode_layout(a) == []
+        assert not wq.weight.is_contiguous()  # the inner exit restored nothing
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert wq.weight.is_contiguous()
     tokens = torch.randint(0, 64, (2, 17))

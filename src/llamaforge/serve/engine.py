@@ -172,8 +172,7 @@ class Engine:
             raise ValueError(f"need max_batch >= 1, max_queue >= 0 and 2 <= context <= {model.args.max_seq_len} "
                              f"(the model's max_seq_len); got {max_batch}, {max_queue} and {context}")
         self.model, self.tokenizer = model.eval(), tokenizer
-        if model.output.weight.device.type == "cpu":
-            use_decode_layout(model)  # for as long as it serves (see cpu_kernels)
+        use_decode_layout(model)  # on CPU, for as long as it serves (see cpu_kernels)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.context = context  # tokens per sequence, prompt included; the cache holds this many slots a row
         weight = model.output.weight
