@@ -98,6 +98,20 @@ def test_pairwise_agreement_by_hand():
     assert stage.pairwise_agreement([[0.2, 0.2]], [[0.0, 1.0]]) is None
 
 
+def test_selection_by_group_by_hand():
+    result = {
+        "best": [{"record": {"kind": "helpful", "task": "fact"}, "gold": 1.0},
+                 {"record": {"kind": "helpful", "task": "fact"}, "gold": 0.0},
+                 {"record": {"kind": "adversarial"}, "gold": 0.5}],
+        "rewards": [[0.9, 0.1], [0.8, 0.2], [0.7, 0.6]],
+        "gold": [[1.0, 0.0], [0.0, 1.0], [0.5, 0.1]],
+    }
+    rows = stage.selection_by_group(result)
+    # adversarial: samples 0.5 and 0.1 (mean 0.3), kept 0.5, the scorer orders the pair as gold does.
+    # helpful/fact: all samples average 0.5, kept (1.0 + 0.0) / 2, one pair agrees and one does not.
+    assert rows == [["adversarial", 1, 0.3, 0.5, 1.0], ["helpful/fact", 2, 0.5, 0.5, 0.5]]
+
+
 def test_the_stage_fine_tunes_on_the_kept_samples_and_keeps_earlier_rounds(tiny, tmp_path):
     pytest.importorskip("llamaforge.stages.sft")
     cfg = stage.RejectionConfig(policy=str(tiny["lm"]), helpfulness_rm="gold", rejection_samples=3, prompts=12,

@@ -235,3 +235,27 @@ def test_train_reward_models_writes_both_models_and_the_margin_comparison(tiny, 
     assert summary["metrics"]["helpfulness/train_pairs"] == 48
     safety_manifest = json.loads((tmp_path / "safety" / "manifest.json").read_text())
     assert safety_manifest["data"]["own_pairs"] == round(48 * 0.9)  # SPEC §7: 90/10
+
+
+def test_the_safety_rm_is_calibrated_so_its_probability_reads_as_safe(tiny, tmp_path):
+    # SPEC §8 compares σ(Rs) with 0.15: a Bradley-Terry RM only learns score differences, so the
+    # stage Platt-scales the safety RM on labelled replies and reports the unsafe detector.
+    helpful = [{"prompt": f"Question {i}: is {i} a number?", "chosen": f"Yes, {i} is a number.", "rejected": "No.",
+                "rating": "better"} for i in range(40)]
+    safety = [{"prompt": f"Tell me a secret {i}.", "chosen": "I will not.", "rejected": f"Secret {i}: ok.",
+               "rating": "better", "safety_label": "chosen_safe"} for i in range(120)]
+    safety += [{"prompt": f"Tell me a code {i}.", "chosen": f"Code {i}: ok.", "rejected": f"Code {i}: ok, ok, ok.",
+                "rating": "slightly better", "safety_label": "both_unsafe"} for i in range(60)]
+    cfg = load_config(stage.RewardConfig, None, [
+        "kind=safety", f"model.init_from={tiny['lm']}", f"data.helpfulness={_write_jsonl(tmp_path / 'h.jsonl', helpful)}",
+        f"data.safety={_write_jsonl(tmp_path / 's.jsonl', safety)}", "data.batch_pairs=8", "data.eval_fraction=0.2",
+        "train.lr=3e-3", "epochs=2", f"run.dir={tmp_path / 'run'}", "run.progress=false",
+    ])
+    metrics = stage.reward(cfg)["metrics"]
+    assert metrics["calibration/scale"] > 0 and metrics["unsafe@0.15/recall"] is not None
+    rm, tokenizer = stage.load_reward_model(tmp_path / "run")
+    dialogs = [[{"role": "user", "content": f"Tell me a secret {i}."}] for i in range(500, 506)]
+    safe = torch.sigmoid(rm.score(tokenizer, dialogs, ["I will not."] * 6))
+    unsafe = torch.sigmoid(rm.score(tokenizer, dialogs, [f"Secret {i}: ok." for i in range(500, 506)]))
+    assert safe.min() > 0.5 > unsafe.max()  # the saved model is the calibrated one
+    assert rm.info["metrics"]["calibration/scale"] == metrics["calibration/scale"]

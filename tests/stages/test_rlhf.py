@@ -24,7 +24,8 @@ def test_summary_table_and_figure_11_plot():
     versions = [_version("SFT", [0.0, 0.2, 0.4, 0.2], [1, 1, 0, 1]),
                 _version("RLHF-V1", [0.5, 0.7, 0.9, 0.7], [1, 0, 0, 0])]
     rounds = [{"round": 1, "seconds": 3.0, "rm_accuracy/helpfulness": 0.7, "rm_accuracy/safety": 0.8,
-               "rs": {"reward/median_of_k": 0.4, "reward/max_of_k": 0.6, "pool": 10},
+               "rs": {"reward/median_of_k": 0.4, "reward/max_of_k": 0.6, "pool": 10, "gold/all_samples": 0.3,
+                      "gold/kept": 0.45},
                "ppo": {"kl_final": 1.5, "kl_coef": 0.05}}]
     summary = stage.rlhf_summary(versions, rounds, 5.0)
     table = summary["tables"][0]
@@ -33,6 +34,8 @@ def test_summary_table_and_figure_11_plot():
     assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft_lo"] == pytest.approx(0.5)
     assert summary["metrics"]["RLHF-V1/violation_vs_sft"] == pytest.approx(-0.5)
     assert summary["metrics"]["round-1/ppo_kl"] == 1.5
+    rounds_table = summary["tables"][1]
+    assert dict(zip(rounds_table["columns"], rounds_table["rows"][0]))["RS gold, kept"] == 0.45
     plot = summary["plots"][0]
     assert plot["series"]["path"] == {"x": [0.2, 0.7], "y": [0.25, 0.75]}  # helpfulness vs 1 - violation
     assert "0.200 -> RLHF-V1 0.700" in summary["effect"] and "0.750 -> 0.250" in summary["effect"]

@@ -65,3 +65,53 @@ def test_margin_tables_match_the_paper():
 def test_mismatched_shapes_fail():
     with pytest.raises(ValueError, match="same shape"):
         margin_ranking_loss(torch.zeros(3), torch.zeros(2))
+
+
+# --------------------------------------------------------------------------- safety RM calibration
+
+
+def test_platt_scaling_recovers_a_known_logistic_model():
+    from llamaforge.stages.reward import calibrate_scores
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(40_000, generator=g) * 2
+    labels = (torch.rand(40_000, generator=g) < torch.sigmoid(1.5 * scores - 2.0)).float().tolist()
+    a, c = calibrate_scores(scores, labels)
+    assert a == pytest.approx(1.5, abs=0.06) and c == pytest.approx(-2.0, abs=0.06)
+
+
+def test_platt_fit_matches_the_label_mean_and_keeps_the_ranking():
+    from llamaforge.stages.reward import calibrate_scores
+
+    scores = torch.tensor([-3.0, -1.0, 0.5, 2.0, 4.0, -2.0, 1.0, 3.0])
+    labels = [0, 0, 1, 0, 1, 1, 1, 1]
+    a, c = calibrate_scores(scores, labels)
+    # At the maximum-likelihood offset the mean probability equals the share of positive labels.
+    assert torch.sigmoid(a * scores.double() + c).mean().item() == pytest.approx(sum(labels) / len(labels), abs=1e-4)
+    assert a > 0  # a monotone map: the RM's order of replies is unchanged
+    with pytest.raises(ValueError, match="both safe and unsafe"):
+        calibrate_scores(scores, [1] * 8)
+
+
+def test_labelled_responses_follow_the_safety_labels():
+    from llamaforge.stages.reward import labelled_responses
+
+    d = [{"role": "user", "content": "q"}]
+    pairs = [{"dialog": d, "chosen": "a", "rejected": "b", "safety_label": "chosen_safe"},
+             {"dialog": d, "chosen": "c", "rejected": "e", "safety_label": "both_safe"},
+             {"dialog": d, "chosen": "f", "rejected": "g", "safety_label": "both_unsafe"},
+             {"dialog": d, "chosen": "h", "rejected": "i", "safety_label": None}]
+    helpful = [{"dialog": d, "chosen": "j", "rejected": "k"}]
+    _, replies, labels = labelled_responses(pairs, helpful)
+    assert list(zip(replies, labels)) == [("a", 1.0), ("b", 0.0), ("c", 1.0), ("e", 1.0), ("f", 0.0), ("g", 0.0),
+                                          ("j", 1.0)]
+
+
+def test_unsafe_detection_hand_computed():
+    from llamaforge.stages.reward import unsafe_detection
+
+    probabilities = [0.05, 0.10, 0.60, 0.90, 0.12, 0.95]
+    labels = [0, 1, 0, 1, 0, 1]  # 1 = safe
+    found = unsafe_detection(probabilities, labels, 0.15)
+    # flagged: 0.05 (unsafe), 0.10 (safe), 0.12 (unsafe) -> precision 2/3; unsafe: 3, found 2 -> recall 2/3
+    assert found == {"precision": round(2 / 3, 4), "recall": round(2 / 3, 4), "flagged_share": 0.5}

@@ -316,6 +316,93 @@ def evaluate_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], *, batc
     }
 
 
+def labelled_responses(pairs: Sequence[dict], helpful_pairs: Sequence[dict] = ()) -> tuple[list, list, list[float]]:
+    """(dialogs, replies, is_safe) for calibrating a safety RM: each reply of a safety pair with a
+    safety label (both_safe: both safe; chosen_safe: chosen safe, rejected unsafe; both_unsafe:
+    both unsafe), and the chosen reply of each helpfulness pair, counted safe (the annotator
+    picked it on a benign prompt; in the built-in world 7% of them are toxic, which the fit
+    absorbs as label noise)."""
+    safe_of = {"both_safe": (1.0, 1.0), "chosen_safe": (1.0, 0.0), "both_unsafe": (0.0, 0.0)}
+    dialogs, replies, labels = [], [], []
+    for p in pairs:
+        flags = safe_of.get(p.get("safety_label") or "")
+        if flags is None:
+            continue
+        for reply, flag in zip((p["chosen"], p["rejected"]), flags):
+            dialogs.append(p["dialog"]), replies.append(reply), labels.append(flag)
+    for p in helpful_pairs:
+        dialogs.append(p["dialog"]), replies.append(p["chosen"]), labels.append(1.0)
+    return dialogs, replies, labels
+
+
+def calibrate_scores(scores: torch.Tensor, labels: Sequence[float], steps: int = 200) -> tuple[float, float]:
+    """Platt scaling: (a, c) minimising the cross-entropy of σ(a·score + c) against the 0/1
+    labels. A Bradley-Terry RM is trained on score differences only, so its absolute scores
+    carry an arbitrary offset per prompt; SPEC §8's rule `Rs < 0.15` reads σ(score) as the
+    probability that a reply is safe, which needs this fit."""
+    x = scores.detach().double()
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    if y.numel() == 0 or y.min() == y.max():
+        raise ValueError("calibration needs both safe and unsafe labelled replies")
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(params[0].exp() * x + params[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, c = params.detach().tolist()
+    return math.exp(a), c  # a > 0: calibration never reverses the RM's ranking
+
+
+@torch.no_grad()
+def fold_calibration(model: "RewardModel", a: float, c: float) -> None:
+    """Make `model` return a·score + c (the head is linear, so the ranking is unchanged)."""
+    model.head.weight.mul_(a)
+    model.head.bias.mul_(a).add_(c)
+
+
+def unsafe_detection(probabilities: Sequence[float], labels: Sequence[float], threshold: float) -> dict[str, float | None]:
+    """Precision and recall of `probability < threshold` as an unsafe-reply detector (SPEC §8:
+    0.15 gave precision 0.89 and recall 0.55 on Meta's safety data)."""
+    flagged = [p < threshold for p in probabilities]
+    unsafe = [y < 0.5 for y in labels]
+    hits = sum(f and u for f, u in zip(flagged, unsafe))
+    return {"precision": round(hits / sum(flagged), 4) if any(flagged) else None,
+            "recall": round(hits / sum(unsafe), 4) if any(unsafe) else None,
+            "flagged_share": round(sum(flagged) / len(flagged), 4) if flagged else None}
+
+
+def calibrate_safety_rm(model: "RewardModel", tokenizer, safety_pairs: Sequence[dict], helpful_pairs: Sequence[dict],
+                        held_out: dict[str, list[dict]], threshold: float, seed: int,
+                        max_replies: int = 1200) -> dict[str, float | None] | None:
+    """Platt-scale the safety RM in place on (at most `max_replies`) replies of the training
+    split: the labelled replies of the safety collection and the chosen replies of the
+    helpfulness collection (`labelled_responses`). Returns the fit and the unsafe detector's
+    precision/recall at `threshold` on the held-out pairs' replies; None (and no change) when
+    the safety pairs carry no safety labels."""
+    rng = random.Random(f"calibrate/{seed}")
+    labelled = [p for p in safety_pairs if p.get("safety_label")]
+    helpful = list(helpful_pairs)
+    labelled = rng.sample(labelled, min(len(labelled), max_replies * 2 // 5))
+    helpful = rng.sample(helpful, min(len(helpful), max_replies // 5))
+    dialogs, replies, labels = labelled_responses(labelled, helpful)
+    if not labels or min(labels) == max(labels):
+        return None
+    a, c = calibrate_scores(model.score(tokenizer, dialogs, replies), labels)
+    fold_calibration(model, a, c)
+    out: dict[str, float | None] = {"calibration/scale": round(a, 4), "calibration/offset": round(c, 4)}
+    dialogs, replies, labels = labelled_responses(held_out.get("safety", []), held_out.get("helpful", []))
+    if labels:
+        probabilities = torch.sigmoid(model.score(tokenizer, dialogs, replies)).tolist()
+        found = unsafe_detection(probabilities, labels, threshold)
+        out.update({f"unsafe@{threshold}/{k}": v for k, v in found.items()})
+    return out
+
+
 def label_ceiling(pairs: Sequence[dict], records: dict[str, dict]) -> float | None:
     """The accuracy a reward model that always agrees with the built-in world's gold judge would
     reach on these labels: the annotator's noise and its coin flips on gold ties (mostly
@@ -405,6 +492,8 @@ class RewardConfig:
     epochs: float = 1.0  # passes over the training pairs (SPEC §7: 1; longer overfits)
     warmup_fraction: float = 0.03  # warmup share of the steps, at least 5 steps (SPEC §7)
     seed: int = 0  # data mix, split and head initialisation
+    calibrate: bool = True  # safety RM: Platt-scale its scores on the labelled training replies so σ(score) reads as P(safe) (see calibrate_scores)
+    safety_threshold: float = 0.15  # Rs below this flags a reply unsafe (SPEC §8); its precision/recall are reported
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -512,6 +601,9 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     result = train(model, batches, ranking_loss, train_cfg, run, init_state=reward_init_state(state, args, cfg.seed),
                    checkpoint_files={"tokenizer.model": tokenizer_path})
     trained = result.model
+    calibration = None
+    if cfg.kind == "safety" and cfg.calibrate:
+        calibration = calibrate_safety_rm(trained, tokenizer, own, other, held_out, cfg.safety_threshold, cfg.seed)
 
     # Evaluation on the held-out pairs of both collections (the paper's Table 7/8 layout).
     records = {r["id"]: r for r in world.prompt_records()} if world is not None and not cfg.data.helpfulness \
@@ -521,6 +613,8 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     metrics = {"accuracy": own_eval["accuracy"], "accuracy_lo": own_eval["accuracy_ci"][0],
                "accuracy_hi": own_eval["accuracy_ci"][1], "gold_ceiling": own_eval["gold_ceiling"], "train_pairs": len(sequences), "steps": steps,
                "final_loss": result.metrics.get("loss")}
+    if calibration:
+        metrics.update(calibration)
     for name, ev in evaluation.items():
         metrics[f"accuracy/{name}"] = ev["accuracy"]
         for rating, acc in ev["by_rating"].items():
@@ -562,6 +656,8 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
     sig, neg = own["by_rating"]["significantly better"], own["by_rating"]["negligibly better"]
     effect = (f"{kind} RM (margin {margin}): held-out accuracy 0.5 (chance) -> {own['accuracy']:.3f} "
               f"{_interval(own)}{_ceiling(own)}; significantly better {sig}, negligibly better {neg}")
+    if _detector(metrics):
+        effect += f"; {_detector(metrics)}"
     return {"stage": f"{STAGE}-{kind}", "effect": effect, "seconds": round(seconds, 2),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "tables": tables, "plots": plots}
 
@@ -573,6 +669,16 @@ def _interval(ev: dict) -> str:
 
 def _ceiling(ev: dict) -> str:
     return "" if ev.get("gold_ceiling") is None else f" (a gold-judge oracle: {ev['gold_ceiling']:.3f})"
+
+
+def _detector(metrics: dict) -> str:
+    """The calibrated safety RM as an unsafe-reply detector, in words ('' when not calibrated)."""
+    found = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("unsafe@")}
+    if not found or found.get("precision") is None or found.get("recall") is None:
+        return ""
+    threshold = next(k for k in metrics if k.startswith("unsafe@")).split("/")[0].removeprefix("unsafe@")
+    return (f"calibrated Rs < {threshold} flags unsafe replies with precision {found['precision']:.2f}, recall "
+            f"{found['recall']:.2f} (SPEC §8: 0.89 / 0.55)")
 
 
 def _cap(pairs: list[dict], n: int, seed: int) -> list[dict]:
@@ -647,6 +753,9 @@ def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLi
               f"{_ceiling(helpful)} (significantly better {helpful['by_rating']['significantly better']}, negligibly better "
               f"{helpful['by_rating']['negligibly better']}); safety RM on safety pairs -> "
               f"{runs['safety']['metrics']['accuracy']:.3f}")
+    detector = _detector(runs["safety"]["metrics"])
+    if detector:
+        effect += f", {detector}"
     if compare_margin:
         plain = reward(demo_config("helpfulness", base, out_dir / "helpfulness-no-margin", f"seed={seed}",
                                    "reward_margin=none", *overrides), collections, world)["evaluation"]["helpful"]

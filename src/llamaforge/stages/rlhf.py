@@ -66,7 +66,7 @@ class RLHFConfig:
     first_round_rms: list[str] = field(default_factory=list)  # [helpfulness RM, safety RM] already trained on the SFT model's pairs: round 1 uses them instead of retraining
     policy_pairs: int = 48  # fresh preference pairs per collection sampled from the latest model each round
     reward_overrides: list[str] = field(default_factory=lambda: list(DEMO_REWARD_OVERRIDES))  # key=value for both RMs (configs/reward/demo.yaml keys)
-    eval_prompts: int = 160  # held-out prompts evaluated per version (0 = all), every kind in the world's proportions
+    eval_prompts: int = 0  # held-out prompts evaluated per version (0 = all: 480 in the demo world, intervals of about ±0.03), every kind in the world's proportions
     eval_max_new_tokens: int = 48  # reply cap in the evaluation (greedy)
     world_seed: int = 0  # seed of the built-in world
     world_size: Literal["tiny", "demo", "large"] = "demo"  # size of the built-in world
@@ -239,11 +239,12 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
               "series": {"path": path, **harmless}}]
     round_rows = [[r["round"], r.get("rm_accuracy/helpfulness"), r.get("rm_accuracy/safety"),
                    round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4),
+                   round(r["rs"]["gold/all_samples"], 4), round(r["rs"]["gold/kept"], 4),
                    r["rs"].get("scorer_gold_agreement"), r["rs"]["pool"],
                    round(r["ppo"]["kl_final"], 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
     tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
                "columns": columns, "rows": rows},
               {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "safety RM acc", "RS median reward",
-                                              "RS max reward", "RS scorer-gold agreement", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
+                                              "RS max reward", "RS gold, all samples", "RS gold, kept", "RS scorer-gold agreement", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
     return {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
             "plots": plots, "warnings": [w for r in rounds for w in r.get("ppo_warnings", [])]}
