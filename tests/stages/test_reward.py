@@ -200,6 +200,12 @@ def test_mix_follows_the_paper_shares():
     assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.5, 0)) == 90  # helpfulness RM 50/50
     capped = stage.mix_pairs(own, other, 0.5, 0, total=40)
     assert len(capped) == 40 and sum(p["id"].startswith("x") for p in capped) == 20
+    # Pairs sampled from the policy survive any cap; the offline pairs fill the rest of the share.
+    fresh = [{"dialog": [], "id": f"f{i}", "fresh": True} for i in range(15)]
+    capped = stage.mix_pairs(own + fresh, other, 0.5, 0, total=40)
+    ids = [p["id"] for p in capped]
+    assert len(capped) == 40 and all(f"f{i}" in ids for i in range(15))
+    assert sum(i.startswith("o") for i in ids) == 5 and sum(i.startswith("x") for i in ids) == 20
 
 
 def test_cli_needs_an_init_checkpoint(capsys):
@@ -259,3 +265,23 @@ def test_the_safety_rm_is_calibrated_so_its_probability_reads_as_safe(tiny, tmp_
     unsafe = torch.sigmoid(rm.score(tokenizer, dialogs, [f"Secret {i}: ok." for i in range(500, 506)]))
     assert safe.min() > 0.5 > unsafe.max()  # the saved model is the calibrated one
     assert rm.info["metrics"]["calibration/scale"] == metrics["calibration/scale"]
+
+
+def test_policy_pairs_are_held_out_and_reported_apart(tiny, tmp_path):
+    def pair(i, fresh):
+        return {"dialog": [{"role": "user", "content": f"{'Fresh' if fresh else 'Old'} question {i}?"}],
+                "chosen": f"Yes, {i}.", "rejected": "No.", "rating": "better", "kind": "helpful", "id": f"p{i}",
+                **({"fresh": True} if fresh else {})}
+
+    collections = {"helpful": [pair(i, False) for i in range(120)] + [pair(i, True) for i in range(120)], "safety": []}
+    cfg = load_config(stage.RewardConfig, None, [
+        f"model.init_from={tiny['lm']}", "data.batch_pairs=16", "data.max_pairs=60", "data.eval_fraction=0.2",
+        "epochs=1", f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.lr=3e-3",
+    ])
+    result = stage.reward(cfg, collections)
+    evaluation = result["evaluation"]
+    assert set(evaluation) == {"helpful", "helpful (policy samples)"}
+    assert evaluation["helpful (policy samples)"]["pairs"] == sum(
+        1 for p in stage.split_pairs(collections["helpful"], 0.2)[1] if p.get("fresh"))
+    # the cap of 60 kept every fresh training pair (about 96), so the mix is larger than the cap
+    assert result["metrics"]["train_pairs"] == len([p for p in stage.split_pairs(collections["helpful"], 0.2)[0] if p.get("fresh")])

@@ -258,11 +258,13 @@ def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
 def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int, total: int = 0) -> list[dict]:
     """`own` plus pairs of `other` (sampled, seeded) so that `own` is `own_share` of the mix
     (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled. `total` > 0 caps the mix at
-    that many pairs, keeping the shares."""
+    that many pairs, keeping the shares; fresh pairs (sampled from the policy) are always kept."""
     rng = random.Random(f"reward-mix/{seed}")
     own = list(own)
-    if total:
-        own = rng.sample(own, min(len(own), round(total * own_share)))
+    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): the cap never drops them
+        fresh = [p for p in own if p.get("fresh")]
+        rest = [p for p in own if not p.get("fresh")]
+        own = fresh + rng.sample(rest, min(len(rest), max(0, round(total * own_share) - len(fresh))))
     n_other = round(len(own) * (1 - own_share) / own_share) if own_share < 1 else 0
     mixed = own + rng.sample(list(other), min(len(other), n_other))
     rng.shuffle(mixed)
@@ -534,14 +536,15 @@ def preference_collections(data: DataConfig, world=None) -> dict[str, list[dict]
 
 def policy_preferences(policy, tokenizer, world, n: int, temperatures: Sequence[float], *, seed: int = 0,
                        max_new_tokens: int = 48) -> dict[str, list[dict]]:
-    """Fresh pairs sampled from `policy` on the world's training prompts, labelled by its annotator."""
+    """Fresh pairs sampled from `policy` on the world's training prompts, labelled by its annotator
+    (each marked `"fresh": True`: `mix_pairs` always keeps them and the evaluation reports them apart)."""
     from ..data.preferences import collect_model_preferences, normalize_pair
     from ..world import Annotator
 
     pools = {"helpful": world.prompt_records("helpful", "train") + world.prompt_records("borderline", "train"),
              "safety": world.prompt_records("adversarial", "train")}
     annotator = Annotator(noise=world.annotator_noise, seed=seed)
-    return {name: [normalize_pair(r) for r in collect_model_preferences(
+    return {name: [dict(normalize_pair(r), fresh=True) for r in collect_model_preferences(
                 [policy], tokenizer, pool, annotator, temperatures, n, max_new_tokens=max_new_tokens, seed=seed)]
             for name, pool in pools.items()}
 
@@ -577,7 +580,10 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
         raise ValueError(f"no {own_name} preference pairs to train the {cfg.kind} reward model on; "
                          f"pass data.{cfg.kind}=pairs.jsonl")
     mixed = mix_pairs(own, other, cfg.data.own_share or OWN_SHARE[cfg.kind], cfg.seed, cfg.data.max_pairs)
-    held_out = {name: _cap(split[1], cfg.data.eval_pairs, cfg.seed) for name, split in splits.items() if split[1]}
+    held_out = {name: _cap([p for p in split[1] if not p.get("fresh")], cfg.data.eval_pairs, cfg.seed)
+                for name, split in splits.items()}
+    held_out.update({f"{name} (policy samples)": [p for p in split[1] if p.get("fresh")] for name, split in splits.items()})
+    held_out = {name: pairs for name, pairs in held_out.items() if pairs}
 
     # Model: the checkpoint's trunk with a fresh scalar head, built on meta and filled by the core.
     args, state = _read_reward_or_lm(Path(cfg.model.init_from))
@@ -718,7 +724,7 @@ def demo_config(kind: str, base: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, policy=None,
-                        policy_pairs: int = 64, compare_margin: bool = True, seed: int = 0,
+                        policy_pairs: int = 256, compare_margin: bool = True, seed: int = 0,
                         overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Both reward models of SPEC §7 on the built-in `world`, initialised from `base`: the
     helpfulness RM in out_dir/helpfulness, the safety RM in out_dir/safety (each a run folder

@@ -51,8 +51,9 @@ def _demo_ppo() -> PPOConfig:
                                        log_every=1))
 
 
-# Both reward models each round on the demo budget: half of configs/reward/demo.yaml's pairs.
-DEMO_REWARD_OVERRIDES = ["data.max_pairs=400", "data.eval_pairs=100"]
+# Both reward models each round on configs/reward/demo.yaml's recipe (with half its pairs the
+# round-2 helpfulness RM measured 0.52 held-out accuracy: no better than chance).
+DEMO_REWARD_OVERRIDES: list[str] = []
 
 
 @dataclass
@@ -64,7 +65,7 @@ class RLHFConfig:
     reward: Literal["rm", "gold"] = "rm"  # rm: the retrained reward models (the paper); gold: the gold judge as the reward, a ceiling run that skips the RMs
     ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
     first_round_rms: list[str] = field(default_factory=list)  # [helpfulness RM, safety RM] already trained on the SFT model's pairs: round 1 uses them instead of retraining
-    policy_pairs: int = 48  # fresh preference pairs per collection sampled from the latest model each round
+    policy_pairs: int = 256  # fresh preference pairs per collection sampled from the latest model each round (always in the RMs' training mix)
     reward_overrides: list[str] = field(default_factory=lambda: list(DEMO_REWARD_OVERRIDES))  # key=value for both RMs (configs/reward/demo.yaml keys)
     eval_prompts: int = 0  # held-out prompts evaluated per version (0 = all: 480 in the demo world, intervals of about ±0.03), every kind in the world's proportions
     eval_max_new_tokens: int = 48  # reply cap in the evaluation (greedy)
@@ -162,6 +163,7 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
         policy = rs["path"]
         versions.append(evaluate(f"RLHF-V{i}" + (" (RS)" if cfg.runs_ppo(i) else ""), policy))
         info = {"round": i, "rm_accuracy/helpfulness": rms["metrics"].get("helpfulness/accuracy"),
+                "rm_accuracy/helpfulness_policy": rms["metrics"].get("helpfulness/accuracy/helpful (policy samples)"),
                 "rm_accuracy/safety": rms["metrics"].get("safety/accuracy"), "rs": rs["summary"]["metrics"]}
         if cfg.runs_ppo(i):
             trained = ppo(dataclasses.replace(cfg.ppo, policy=str(policy), helpfulness_rm=helpful_rm, safety_rm=safety_rm,
@@ -227,7 +229,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
             effect += f"; PPO KL {r['ppo']['kl_final']:.2f} nats per reply (β {r['ppo']['kl_coef']})"
             metrics[f"round-{r['round']}/ppo_kl"] = r["ppo"]["kl_final"]
         metrics[f"round-{r['round']}/seconds"] = r["seconds"]
-        for name in ("rm_accuracy/helpfulness", "rm_accuracy/safety"):
+        for name in ("rm_accuracy/helpfulness", "rm_accuracy/helpfulness_policy", "rm_accuracy/safety"):
             if r.get(name) is not None:
                 metrics[f"round-{r['round']}/{name}"] = r[name]
     harmless = {ver["name"]: {"x": [ver["metrics"].get("helpfulness", 0.0)],
@@ -237,14 +239,14 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
     plots = [{"title": "Evolution of the versions: gold helpfulness vs harmlessness (paper Figure 11 layout)",
               "kind": "line", "xlabel": "helpfulness (gold judge)", "ylabel": "harmlessness (1 - violation rate)",
               "series": {"path": path, **harmless}}]
-    round_rows = [[r["round"], r.get("rm_accuracy/helpfulness"), r.get("rm_accuracy/safety"),
+    round_rows = [[r["round"], r.get("rm_accuracy/helpfulness"), r.get("rm_accuracy/helpfulness_policy"), r.get("rm_accuracy/safety"),
                    round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4),
                    round(r["rs"]["gold/all_samples"], 4), round(r["rs"]["gold/kept"], 4),
                    r["rs"].get("scorer_gold_agreement"), r["rs"]["pool"],
                    round(r["ppo"]["kl_final"], 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
     tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
                "columns": columns, "rows": rows},
-              {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "safety RM acc", "RS median reward",
+              {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "on policy samples", "safety RM acc", "RS median reward",
                                               "RS max reward", "RS gold, all samples", "RS gold, kept", "RS scorer-gold agreement", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
     return {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
             "plots": plots, "warnings": [w for r in rounds for w in r.get("ppo_warnings", [])]}
