@@ -258,13 +258,14 @@ def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
 def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int, total: int = 0) -> list[dict]:
     """`own` plus pairs of `other` (sampled, seeded) so that `own` is `own_share` of the mix
     (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled. `total` > 0 caps the mix at
-    that many pairs, keeping the shares; fresh pairs (sampled from the policy) are always kept."""
+    that many pairs, keeping the shares; fresh pairs (sampled from the policy) are always kept, on top
+    of the cap (the other collection's share grows with them)."""
     rng = random.Random(f"reward-mix/{seed}")
     own = list(own)
-    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): the cap never drops them
+    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): they come on top of the cap
         fresh = [p for p in own if p.get("fresh")]
         rest = [p for p in own if not p.get("fresh")]
-        own = fresh + rng.sample(rest, min(len(rest), max(0, round(total * own_share) - len(fresh))))
+        own = rng.sample(rest, min(len(rest), round(total * own_share))) + fresh
     n_other = round(len(own) * (1 - own_share) / own_share) if own_share < 1 else 0
     mixed = own + rng.sample(list(other), min(len(other), n_other))
     rng.shuffle(mixed)
@@ -584,6 +585,9 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
                 for name, split in splits.items()}
     held_out.update({f"{name} (policy samples)": [p for p in split[1] if p.get("fresh")] for name, split in splits.items()})
     held_out = {name: pairs for name, pairs in held_out.items() if pairs}
+    if not held_out:
+        raise ValueError(f"no preference pair is held out for evaluation (data.eval_fraction={cfg.data.eval_fraction} of "
+                         f"{sum(map(len, collections.values()))} pairs' prompts); raise data.eval_fraction or add pairs")
 
     # Model: the checkpoint's trunk with a fresh scalar head, built on meta and filled by the core.
     args, state = _read_reward_or_lm(Path(cfg.model.init_from))
