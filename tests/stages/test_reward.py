@@ -200,12 +200,12 @@ def test_mix_follows_the_paper_shares():
     assert sum(p["id"].startswith("x") for p in stage.mix_pairs(own, other, 0.5, 0)) == 90  # helpfulness RM 50/50
     capped = stage.mix_pairs(own, other, 0.5, 0, total=40)
     assert len(capped) == 40 and sum(p["id"].startswith("x") for p in capped) == 20
-    # Pairs sampled from the policy survive any cap and come on top of it; the shares still hold.
+    # Pairs sampled from the policy survive any cap; the offline pairs fill the rest of the share.
     fresh = [{"dialog": [], "id": f"f{i}", "fresh": True} for i in range(15)]
     capped = stage.mix_pairs(own + fresh, other, 0.5, 0, total=40)
     ids = [p["id"] for p in capped]
-    assert all(f"f{i}" in ids for i in range(15))
-    assert sum(i.startswith("o") for i in ids) == 20 and sum(i.startswith("x") for i in ids) == 35
+    assert len(capped) == 40 and all(f"f{i}" in ids for i in range(15))
+    assert sum(i.startswith("o") for i in ids) == 5 and sum(i.startswith("x") for i in ids) == 20
 
 
 def test_cli_needs_an_init_checkpoint(capsys):
@@ -238,12 +238,9 @@ def test_train_reward_models_writes_both_models_and_the_margin_comparison(tiny, 
     assert "gold-judge oracle" in summary["effect"] and "95% CI" in summary["effect"]
     comparison = summary["tables"][-1]
     assert [row[0] for row in comparison["rows"]] == ["small", "none"]
-    # 48 of the world's pairs at the SPEC §7 shares, and the fresh training pairs on top (with their share of the other collection).
-    fresh = summary["metrics"]["fresh_pairs/helpful"]
-    assert 48 <= summary["metrics"]["helpfulness/train_pairs"] <= 48 + 2 * fresh
-    safety_manifest = json.loads((tmp_path / "safety" / "manifest.json").read_text())["data"]
-    own, total = safety_manifest["own_pairs"], safety_manifest["train_pairs"]
-    assert own >= round(48 * 0.9) and abs(own / total - 0.9) < 0.02  # SPEC §7: 90/10
+    assert summary["metrics"]["helpfulness/train_pairs"] == 48  # the fresh pairs count within the cap
+    safety_manifest = json.loads((tmp_path / "safety" / "manifest.json").read_text())
+    assert safety_manifest["data"]["own_pairs"] == round(48 * 0.9)  # SPEC §7: 90/10
 
 
 def test_the_safety_rm_is_calibrated_so_its_probability_reads_as_safe(tiny, tmp_path):
@@ -286,6 +283,5 @@ def test_policy_pairs_are_held_out_and_reported_apart(tiny, tmp_path):
     assert set(evaluation) == {"helpful", "helpful (policy samples)"}
     assert evaluation["helpful (policy samples)"]["pairs"] == sum(
         1 for p in stage.split_pairs(collections["helpful"], 0.2)[1] if p.get("fresh"))
-    # the cap of 60 (30 of the own collection) holds the offline pairs; every fresh training pair comes on top
-    fresh_train = len([p for p in stage.split_pairs(collections["helpful"], 0.2)[0] if p.get("fresh")])
-    assert result["metrics"]["train_pairs"] == 30 + fresh_train
+    # the cap of 60 kept every fresh training pair (about 96), so the mix is larger than the cap
+    assert result["metrics"]["train_pairs"] == len([p for p in stage.split_pairs(collections["helpful"], 0.2)[0] if p.get("fresh")])

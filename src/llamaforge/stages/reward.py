@@ -258,14 +258,16 @@ def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
 def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int, total: int = 0) -> list[dict]:
     """`own` plus pairs of `other` (sampled, seeded) so that `own` is `own_share` of the mix
     (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled. `total` > 0 caps the mix at
-    that many pairs, keeping the shares; fresh pairs (sampled from the policy) are always kept, on top
-    of the cap (the other collection's share grows with them)."""
+    that many pairs, keeping the shares; fresh pairs (sampled from the policy) are always kept, the
+    collection's other pairs fill the rest of its share. (Measured on the demo: with 256 fresh pairs
+    per collection on top of the cap instead, the stage took 122 s instead of 45 s and the calibrated
+    safety RM's recall at 0.15 fell from 0.70 to 0.04.)"""
     rng = random.Random(f"reward-mix/{seed}")
     own = list(own)
-    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): they come on top of the cap
+    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): the cap never drops them
         fresh = [p for p in own if p.get("fresh")]
         rest = [p for p in own if not p.get("fresh")]
-        own = rng.sample(rest, min(len(rest), round(total * own_share))) + fresh
+        own = fresh + rng.sample(rest, min(len(rest), max(0, round(total * own_share) - len(fresh))))
     n_other = round(len(own) * (1 - own_share) / own_share) if own_share < 1 else 0
     mixed = own + rng.sample(list(other), min(len(other), n_other))
     rng.shuffle(mixed)
