@@ -139,3 +139,33 @@ def test_chat_replies_end_where_the_model_writes_chat_markup():
     assert _cut_at_chat_tag("Nunwick. [INST] and now me") == "Nunwick."
     assert _cut_at_chat_tag("ok <</SYS>> [/INST] x") == "ok"
     assert _cut_at_chat_tag("plain answer") == "plain answer"
+
+
+def test_decode_layout_is_taken_after_the_prefill_and_only_when_decoding_repays_it(model, monkeypatch):
+    import contextlib
+
+    from llamaforge import generate as gen
+
+    events = []
+    real_step = gen.last_logits
+
+    def counted_step(*args, **kwargs):
+        events.append("step")
+        return real_step(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def recorded_layout(m):
+        events.append("layout")
+        yield
+
+    monkeypatch.setattr(gen, "last_logits", counted_step)
+    monkeypatch.setattr(gen, "decode_layout", recorded_layout)
+    generate(model, [[1, 5, 9]], SamplingParams(max_new_tokens=1))
+    assert events == ["step"]  # a prefill alone: no weight copies
+    events.clear()
+    generate(model, [[1, 5, 9]], SamplingParams(max_new_tokens=gen.DECODE_LAYOUT_MIN_STEPS))
+    assert "layout" not in events  # too few decode steps to repay two copies of the weights
+    events.clear()
+    n = gen.DECODE_LAYOUT_MIN_STEPS + 1
+    out = generate(model, [[1, 5, 9]], SamplingParams(max_new_tokens=n, stop_tokens=[]), eos_id=-1)[0]
+    assert len(out.tokens) == n and events == ["step", "layout"] + ["step"] * (n - 1)
