@@ -195,7 +195,8 @@ def _reward_stage(ctx: Context) -> dict:
 
     sft = ctx.outputs.get("sft", {}).get("model")
     quick = ("data.max_pairs=200", "data.eval_pairs=100") if ctx.quick else ()
-    return train_reward_models(ctx.model("sft", "pretrain"), ctx.world, ctx.dir, policy=sft, overrides=quick)
+    return train_reward_models(ctx.model("sft", "pretrain"), ctx.world, ctx.dir, policy=sft, overrides=quick,
+                               policy_pairs=16 if ctx.quick else 256)
 
 
 def _rlhf_stage(ctx: Context) -> dict:

@@ -206,6 +206,8 @@ def test_mix_follows_the_paper_shares():
     ids = [p["id"] for p in capped]
     assert len(capped) == 40 and all(f"f{i}" in ids for i in range(15))
     assert sum(i.startswith("o") for i in ids) == 5 and sum(i.startswith("x") for i in ids) == 20
+    capped = stage.mix_pairs(own + fresh, other, 0.5, 0, total=20)  # more fresh pairs than the share of 10
+    assert len(capped) == 20 and sum(p.get("fresh", False) for p in capped) == 10
 
 
 def test_cli_needs_an_init_checkpoint(capsys):
@@ -283,5 +285,5 @@ def test_policy_pairs_are_held_out_and_reported_apart(tiny, tmp_path):
     assert set(evaluation) == {"helpful", "helpful (policy samples)"}
     assert evaluation["helpful (policy samples)"]["pairs"] == sum(
         1 for p in stage.split_pairs(collections["helpful"], 0.2)[1] if p.get("fresh"))
-    # the cap of 60 kept every fresh training pair (about 96), so the mix is larger than the cap
-    assert result["metrics"]["train_pairs"] == len([p for p in stage.split_pairs(collections["helpful"], 0.2)[0] if p.get("fresh")])
+    # about 96 fresh training pairs exceed the cap's share (30 of 60): a sample of them fills it
+    assert result["metrics"]["train_pairs"] == 30
