@@ -258,13 +258,14 @@ def ranking_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
 def mix_pairs(own: Sequence[dict], other: Sequence[dict], own_share: float, seed: int, total: int = 0) -> list[dict]:
     """`own` plus pairs of `other` (sampled, seeded) so that `own` is `own_share` of the mix
     (SPEC §7: helpfulness RM 50/50, safety RM 90/10), shuffled. `total` > 0 caps the mix at
-    that many pairs, keeping the shares; fresh pairs (sampled from the policy) go first (a sample of
-    them when they alone exceed the collection's share), its other pairs fill the rest. (Measured on the demo: with 256 fresh pairs
-    per collection on top of the cap instead, the stage took 122 s instead of 45 s and the calibrated
-    safety RM's recall at 0.15 fell from 0.70 to 0.04.)"""
+    that many pairs, keeping the shares. Under a cap, fresh pairs (sampled from the policy) go
+    first (a sample of them when they alone exceed the collection's share) and its other pairs
+    fill the rest. (Measured on the demo: with 256 fresh pairs per collection on top of the cap
+    instead, the stage took 122 s instead of 45 s and the calibrated safety RM's recall at 0.15
+    fell from 0.70 to 0.04.)"""
     rng = random.Random(f"reward-mix/{seed}")
     own = list(own)
-    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): the cap never drops them
+    if total:  # pairs sampled from the current policy are the scarce ones (SPEC §7): they go first
         share = round(total * own_share)
         fresh = [p for p in own if p.get("fresh")]
         rest = [p for p in own if not p.get("fresh")]
@@ -544,7 +545,7 @@ def preference_collections(data: DataConfig, world=None) -> dict[str, list[dict]
 def policy_preferences(policy, tokenizer, world, n: int, temperatures: Sequence[float], *, seed: int = 0,
                        max_new_tokens: int = 48) -> dict[str, list[dict]]:
     """Fresh pairs sampled from `policy` on the world's training prompts, labelled by its annotator
-    (each marked `"fresh": True`: `mix_pairs` always keeps them and the evaluation reports them apart)."""
+    (each marked `"fresh": True`: `mix_pairs` takes them first and the evaluation reports them apart)."""
     from ..data.preferences import collect_model_preferences, normalize_pair
     from ..world import Annotator
 

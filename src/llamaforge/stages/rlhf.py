@@ -65,7 +65,7 @@ class RLHFConfig:
     reward: Literal["rm", "gold"] = "rm"  # rm: the retrained reward models (the paper); gold: the gold judge as the reward, a ceiling run that skips the RMs
     ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
     first_round_rms: list[str] = field(default_factory=list)  # [helpfulness RM, safety RM] already trained on the SFT model's pairs: round 1 uses them instead of retraining
-    policy_pairs: int = 256  # fresh preference pairs per collection sampled from the latest model each round (always in the RMs' training mix)
+    policy_pairs: int = 256  # fresh preference pairs per collection sampled from the latest model each round (first in the RMs' training mix)
     reward_overrides: list[str] = field(default_factory=lambda: list(DEMO_REWARD_OVERRIDES))  # key=value for both RMs (configs/reward/demo.yaml keys)
     eval_prompts: int = 0  # held-out prompts evaluated per version (0 = all: 480 in the demo world, intervals of about ±0.03), every kind in the world's proportions
     eval_max_new_tokens: int = 48  # reply cap in the evaluation (greedy)
