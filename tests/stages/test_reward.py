@@ -260,7 +260,7 @@ def test_the_safety_rm_is_calibrated_so_its_probability_reads_as_safe(tiny, tmp_
         "train.lr=3e-3", "epochs=2", f"run.dir={tmp_path / 'run'}", "run.progress=false",
     ])
     metrics = stage.reward(cfg)["metrics"]
-    assert metrics["calibration/scale"] > 0 and metrics["unsafe@0.15/recall"] is not None
+    assert metrics["calibration/scale"] > 0 and metrics["unsafe/threshold"] == 0.15 and metrics["unsafe/recall"] is not None
     rm, tokenizer = stage.load_reward_model(tmp_path / "run")
     dialogs = [[{"role": "user", "content": f"Tell me a secret {i}."}] for i in range(500, 506)]
     safe = torch.sigmoid(rm.score(tokenizer, dialogs, ["I will not."] * 6))

@@ -394,9 +394,8 @@ def calibrate_safety_rm(model: "RewardModel", tokenizer, safety_pairs: Sequence[
     the safety pairs carry no safety labels."""
     rng = random.Random(f"calibrate/{seed}")
     labelled = [p for p in safety_pairs if p.get("safety_label")]
-    helpful = list(helpful_pairs)
     labelled = rng.sample(labelled, min(len(labelled), max_replies * 2 // 5))
-    helpful = rng.sample(helpful, min(len(helpful), max_replies // 5))
+    helpful = rng.sample(list(helpful_pairs), min(len(helpful_pairs), max_replies // 5))
     dialogs, replies, labels = labelled_responses(labelled, helpful)
     if not labels or min(labels) == max(labels):
         return None
@@ -407,7 +406,7 @@ def calibrate_safety_rm(model: "RewardModel", tokenizer, safety_pairs: Sequence[
     if labels:
         probabilities = torch.sigmoid(model.score(tokenizer, dialogs, replies)).tolist()
         found = unsafe_detection(probabilities, labels, threshold)
-        out.update({f"unsafe@{threshold}/{k}": v for k, v in found.items()})
+        out.update({"unsafe/threshold": threshold, **{f"unsafe/{k}": v for k, v in found.items()}})
     return out
 
 
@@ -690,12 +689,11 @@ def _ceiling(ev: dict) -> str:
 
 def _detector(metrics: dict) -> str:
     """The calibrated safety RM as an unsafe-reply detector, in words ('' when not calibrated)."""
-    found = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("unsafe@")}
-    if not found or found.get("precision") is None or found.get("recall") is None:
+    precision, recall = metrics.get("unsafe/precision"), metrics.get("unsafe/recall")
+    if precision is None or recall is None:
         return ""
-    threshold = next(k for k in metrics if k.startswith("unsafe@")).split("/")[0].removeprefix("unsafe@")
-    return (f"calibrated Rs < {threshold} flags unsafe replies with precision {found['precision']:.2f}, recall "
-            f"{found['recall']:.2f} (SPEC §8: 0.89 / 0.55)")
+    return (f"calibrated Rs < {metrics['unsafe/threshold']} flags unsafe replies with precision {precision:.2f}, "
+            f"recall {recall:.2f} (SPEC §8: 0.89 / 0.55)")
 
 
 def _cap(pairs: list[dict], n: int, seed: int) -> list[dict]:
