@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .cpu_kernels import onednn_matmuls
+from .cpu_kernels import keep_freed_memory, onednn_matmuls
 from .model import ModelArgs, Transformer
 
 
@@ -335,6 +335,7 @@ def _memory_child(spec: str) -> int:
     name, impl, precision = json.loads(spec)
     import transformers  # noqa: F401  (in both children, so that their baselines match)
 
+    keep_freed_memory()  # as in the timed runs, for both implementations
     base = _status_mib("VmRSS")
     step, _ = _single_candidate(CONFIGS[name], torch.device("cpu"), impl, precision)
     for _ in range(2):
@@ -538,6 +539,8 @@ def run(
     peak_sizes: tuple[int, ...] | None = None, log=print,
 ) -> dict[str, Any]:
     dev = torch.device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # as llamaforge's trainer does; process-wide, so transformers' steps too
     timer = Timer(dev, repeats, quiet_wait)
     report: dict[str, Any] = {"environment": environment(dev), "repeats": repeats, "rows": [], "skipped": []}
     bf16_fast = dev.type == "cuda" or _cpu_has_bf16_matmul()

@@ -243,8 +243,10 @@ def chunked_cross_entropy(
     """
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if chunk_rows is None:
-        # ~32 MB of fp32 logits per chunk on CPU (cache-sized); GPUs want bigger matmuls.
-        chunk_rows = max(1, (2**23 if hidden.device.type == "cpu" else 2**28) // weight.shape[0])
+        # 2**25 logits per chunk on CPU (1,048 rows of a 32,000 vocabulary: 134 MB in fp32):
+        # 3-7% faster steps than 2**23 once big blocks are reused (`keep_freed_memory`), and
+        # still far under the full logits. GPUs want bigger matmuls.
+        chunk_rows = max(1, (2**25 if hidden.device.type == "cpu" else 2**28) // weight.shape[0])
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_rows, with_grad)
 
@@ -268,10 +270,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         if with_grad:  # the first chunk's product overwrites it (fp32), so no zero-fill
             new = torch.empty if len(h) and dtype == torch.float32 else torch.zeros
             # oneDNN copies a strided left operand but reads a strided right one almost as fast
-            # (`onednn_mm`): so it forms grad_w transposed, [dim, vocab], and w is transposed
-            # once for all chunks' grad @ w.
-            shape = weight.shape[::-1] if onednn else weight.shape
-            grad_w = new(shape, dtype=torch.float32, device=weight.device)
+            # (`onednn_mm`): so it forms grad_w transposed, [dim, vocab] (the first chunk's
+            # product is it), and w is transposed once for all chunks' grad @ w.
+            if not onednn:
+                grad_w = new(weight.shape, dtype=torch.float32, device=weight.device)
             w_t = w.t().contiguous() if onednn else None
         if not onednn:
             logits = h.new_empty(min(chunk_rows, len(h)), w.shape[0])  # reused: no fresh pages per chunk
@@ -279,20 +281,28 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             for start in range(0, len(h), chunk_rows):
                 rows, t = h[start : start + chunk_rows], targets[start : start + chunk_rows, None]
                 chunk = onednn_mm(rows, w.t()) if onednn else torch.mm(rows, w.t(), out=logits[: len(rows)])
-                logp = torch.log_softmax(chunk, dim=-1, dtype=torch.float32)
-                picked = logp.gather(1, t)
-                total -= picked.sum()
+                # The softmax, in the logits' dtype (accumulated in fp32), is the gradient's first
+                # term, and the loss is -log p_t: in bf16 its rounding moves a token's loss by
+                # < 0.002 nats (the logits' own rounding is larger). One pass over the chunk
+                # instead of log-softmax, exp and a cast: ~40 ms of a 450 ms bf16 step.
+                probs = torch.softmax(chunk, dim=-1)
+                p_t = probs.gather(1, t).float()
+                losses = -p_t.log()
+                # A p_t that underflowed (a token's loss over ~87 nats) takes logsumexp - x_t.
+                lost = (p_t < 2 * torch.finfo(torch.float32).tiny).squeeze(1)
+                if bool(lost.any()):
+                    far = chunk[lost].float()
+                    losses[lost] = (far.logsumexp(dim=1, keepdim=True) - far.gather(1, t[lost]))
+                total += losses.sum()
                 if not with_grad:
                     continue
-                grad = logp.exp_().scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one_hot
-                grad = grad.to(dtype)
+                # softmax - one_hot. Not scatter_add_: it is 1.6 ms per chunk on bf16, this ~10 us.
+                grad = probs.index_put_((torch.arange(len(rows), device=t.device), t[:, 0]),
+                                        torch.tensor(-1.0, dtype=probs.dtype, device=t.device), accumulate=True)
                 if onednn:
                     grad_h[start : start + len(rows)] = onednn_mm(grad, w_t.t())
                     chunk_w = onednn_mm(rows.t().contiguous(), grad)  # [dim, vocab]
-                    if start:
-                        grad_w += chunk_w
-                    else:
-                        grad_w.copy_(chunk_w)
+                    grad_w = grad_w.add_(chunk_w) if start else chunk_w
                     continue
                 torch.mm(grad, w, out=grad_h[start : start + len(rows)])
                 if grad_w.dtype == dtype:

@@ -50,6 +50,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import NATIVE_WEIGHTS, atomic_dir
+from .cpu_kernels import keep_freed_memory
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -879,6 +880,8 @@ def train(
     dist = distributed.info()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # a quarter of a CPU step went to page faults on big tensors
     checkpoints = list_checkpoints(run.path) if run.cfg.resume else []
     model = prepare_model(model, cfg, device, precision, init_state=None if checkpoints else init_state)
     optimizer = build_optimizer(model, cfg, device)

@@ -40,6 +40,46 @@ def test_chunked_cross_entropy_matches_plain_loss_and_gradients(cpu_matmuls):
         assert torch.allclose(chunked_cross_entropy(hidden, weight, targets), plain, rtol=1e-6)
 
 
+def test_chunked_cross_entropy_under_bf16_autocast_stays_near_fp32():
+    # bf16 logits and softmax: the loss and the gradients within bf16 rounding of fp32's.
+    torch.manual_seed(0)
+    hidden = torch.randn(4, 9, 32, requires_grad=True)
+    weight = (0.3 * torch.randn(300, 32)).requires_grad_()
+    targets = torch.randint(0, 300, (4, 9))
+    plain = F.cross_entropy((hidden @ weight.t()).flatten(0, 1), targets.flatten(), reduction="sum")
+    want = torch.autograd.grad(plain, (hidden, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = chunked_cross_entropy(hidden, weight, targets, chunk_rows=10)
+    got = torch.autograd.grad(chunked, (hidden, weight))
+    assert chunked.dtype == torch.float32 and abs(chunked.item() / plain.item() - 1) < 5e-3
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        assert (g - w).norm() / w.norm() < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_of_a_hopeless_token_is_finite_and_right(dtype):
+    # Target logit 300 below the others: softmax gives p_t = 0, and the loss must still be 300 + log(2).
+    hidden = torch.tensor([[1.0]])
+    weight = torch.tensor([[0.0], [0.0], [-300.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, torch.tensor([[2]]))
+    assert loss.item() == pytest.approx(300 + torch.log(torch.tensor(2.0)).item(), rel=1e-3)
+
+
+def test_keep_freed_memory_reports_and_respects_the_switch(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_kept", None)
+    monkeypatch.setenv("LLAMAFORGE_MALLOC", "0")
+    assert cpu_kernels.keep_freed_memory() is False
+    monkeypatch.setattr(cpu_kernels, "_kept", None)
+    monkeypatch.delenv("LLAMAFORGE_MALLOC")
+    import platform
+
+    expected = platform.libc_ver()[0] == "glibc"
+    assert cpu_kernels.keep_freed_memory() is expected
+    assert cpu_kernels.keep_freed_memory() is expected  # decided once
+
+
 def test_model_with_targets_returns_the_summed_loss_of_its_logits():
     model = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
     tokens = torch.randint(0, 64, (2, 12))
