@@ -23,6 +23,7 @@ import time
 import torch
 
 from llamaforge.bench import make_optimizer
+from llamaforge.cpu_kernels import keep_freed_memory
 from llamaforge.model import ModelArgs, Transformer
 
 
@@ -75,6 +76,8 @@ def main() -> None:
     p.add_argument("--json", help="write both curves to this file")
     a = p.parse_args()
     device = torch.device(a.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as llamaforge's trainer does
     args = ModelArgs.from_preset(a.preset, vocab_size=a.vocab, max_seq_len=max(a.seq_len, 8))
     torch.manual_seed(0)
     with torch.device(device):

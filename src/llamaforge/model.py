@@ -210,9 +210,12 @@ class Attention(nn.Module):
         is_causal = False
         if mask is None and T > 1:
             is_causal = True
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        # bf16 on CPU: batched matmuls beat the flash kernel (cpu_kernels.causal_attention).
+        out = cpu_kernels.causal_attention(q, k, v) if is_causal else None
+        if out is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
+            )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -67,6 +67,33 @@ def test_chunked_cross_entropy_of_a_hopeless_token_is_finite_and_right(dtype):
     assert loss.item() == pytest.approx(300 + torch.log(torch.tensor(2.0)).item(), rel=1e-3)
 
 
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_bf16_causal_attention_matches_flash_attention_in_fp32(heads, kv_heads):
+    torch.manual_seed(0)
+    B, T, D = 2, 24, 16
+    q32, k32, v32 = torch.randn(B, heads, T, D), torch.randn(B, kv_heads, T, D), torch.randn(B, kv_heads, T, D)
+    grad = torch.randn(B, heads, T, D)
+    ref = [t.clone().requires_grad_() for t in (q32, k32, v32)]
+    want = F.scaled_dot_product_attention(*ref, is_causal=True, enable_gqa=heads != kv_heads)
+    want_grads = torch.autograd.grad(want, ref, grad)
+    low = [t.bfloat16().requires_grad_() for t in (q32, k32, v32)]
+    got = cpu_kernels.causal_attention(*low)
+    got_grads = torch.autograd.grad(got, low, grad.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    for g, w in zip((got, *got_grads), (want, *want_grads)):
+        assert g.shape == w.shape
+        assert (g.float() - w).norm() / w.norm() < 2e-2
+
+
+def test_causal_attention_leaves_fp32_and_oversized_inputs_to_sdpa(monkeypatch):
+    q = torch.randn(1, 2, 8, 4)
+    assert cpu_kernels.causal_attention(q, q, q) is None  # fp32: flash attention is as fast
+    b = q.bfloat16()
+    assert cpu_kernels.causal_attention(b, b[:, :, :5], b[:, :, :5]) is None  # keys != queries
+    monkeypatch.setattr(cpu_kernels, "MAX_SCORES", 2 * 8 * 8 - 1)
+    assert cpu_kernels.causal_attention(b, b, b) is None
+
+
 def test_keep_freed_memory_reports_and_respects_the_switch(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_kept", None)
     monkeypatch.setenv("LLAMAFORGE_MALLOC", "0")
