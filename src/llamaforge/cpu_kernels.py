@@ -98,61 +98,82 @@ class _OneDNNLinear(torch.autograd.Function):
 
 # --------------------------------------------------------------------------- attention
 
-MAX_SCORES = 2**24  # batch x heads x T x T at most: the bf16 probabilities kept for backward (32 MiB a layer)
+MAX_SCORES = 2**24  # batch x heads x T x T at most: the probabilities kept for backward (64 MiB a layer in fp32)
+FP32_QUERY_BLOCK = 64  # fp32 queries go in blocks of this many, each against the keys up to its end
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
-    """Causal self-attention of bf16 CPU tensors by three batched matmuls (five in backward), or
-    None where it does not apply. q [B, H, T, D], k and v [B, H_kv, T, D] (grouped-query
-    attention when H_kv < H: the queries of a group share a matmul with their K/V head, which
-    is never repeated); returns [B, H, T, D].
+    """Causal self-attention of CPU tensors by batched matmuls, or None where it does not apply.
+    q [B, H, T, D], k and v [B, H_kv, T, D] (grouped-query attention when H_kv < H: the
+    queries of a group share a matmul with their K/V head, which is never repeated);
+    returns [B, H, T, D].
 
-    torch's CPU flash attention computes bf16 in fp32 in small blocks: 14.8 ms forward +
-    backward for one stories15M layer at batch 8 x 256, against 4.7 ms here on bf16 matrix
-    units (GQA bench layer 22.5 -> 7.4 ms). The scores are rounded to bf16 before the softmax,
-    as in eager attention under autocast, which roughly doubles flash attention's error
-    against fp32 (relative 4e-3 -> 6e-3 on unit-scale inputs). fp32 stays with flash: its
-    batched matmuls run no faster here than the kernel's.
+    torch's CPU flash attention computes in fp32 in small blocks. Forward + backward of one
+    layer at batch 8 x 256 (benchmarks/RESULTS.md), flash -> here:
+    - bf16 (all queries in one block, on bf16 matrix units): stories15M 14.8 -> 4.7 ms,
+      GQA bench config 22.5 -> 7.4 ms. The scores are rounded to bf16 before the softmax, as
+      in eager attention under autocast, which roughly doubles flash attention's error
+      against fp32 (relative 4e-3 -> 6e-3 on unit-scale inputs).
+    - fp32 (blocks of 64 queries, so the matmuls skip most of the masked half): stories15M
+      15.4 -> 10.7 ms, GQA 26.2 -> 16.1 ms, equal to flash within 1e-6.
     """
     B, H, T, D = q.shape
     if (
         q.device.type != "cpu"
-        or not q.dtype == k.dtype == v.dtype == torch.bfloat16
+        or not q.dtype == k.dtype == v.dtype
+        or q.dtype not in (torch.float32, torch.bfloat16)
         or k.shape[2] != T
         or B * H * T * T > MAX_SCORES
         or torch.compiler.is_compiling()
     ):
         return None
-    return _CausalAttention.apply(q, k, v)
+    return _CausalAttention.apply(q, k, v, FP32_QUERY_BLOCK if q.dtype == torch.float32 else T)
 
 
 class _CausalAttention(torch.autograd.Function):
+    """Per block of queries [start, end): P = softmax(Q K[:end]^T / sqrt(D) + future mask), O = P V[:end]."""
+
     @staticmethod
-    def forward(ctx, q, k, v):
+    def forward(ctx, q, k, v, block):
         B, H, T, D = q.shape
         groups = H // k.shape[1]
-        q = q.reshape(-1, groups * T, D)  # [B * H_kv, groups * T, D]: a group's queries, one after another
+        q = q.reshape(-1, groups, T, D)  # [B * H_kv, groups, T, D]
         k, v = k.reshape(-1, T, D), v.reshape(-1, T, D)
-        future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1).repeat(groups, 1)
-        probs = torch.softmax(torch.baddbmm(future, q, k.transpose(1, 2), alpha=D**-0.5), dim=-1)
-        out = torch.bmm(probs, v)
-        ctx.save_for_backward(q, k, v, probs, out)
+        out, kept = torch.empty_like(q), []
+        for start in range(0, T, block):
+            end = min(start + block, T)
+            rows = q[:, :, start:end].reshape(len(q), -1, D)  # a group's queries, one after another
+            future = torch.full((end - start, end), float("-inf"), dtype=q.dtype, device=q.device)
+            future = future.triu_(start + 1).repeat(groups, 1)
+            probs = torch.softmax(torch.baddbmm(future, rows, k[:, :end].transpose(1, 2), alpha=D**-0.5), dim=-1)
+            out[:, :, start:end] = torch.bmm(probs, v[:, :end]).view(len(q), groups, end - start, D)
+            kept.append(probs)
+        ctx.save_for_backward(q, k, v, out, *kept)
+        ctx.block = block
         return out.view(B, H, T, D)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, probs, out = ctx.saved_tensors
+        q, k, v, out, *kept = ctx.saved_tensors
         shape, kv_shape = grad_out.shape, (grad_out.shape[0], -1, *grad_out.shape[2:])
+        T, D = q.shape[2], q.shape[3]
+        scale = D**-0.5
         grad_out = grad_out.reshape(out.shape)
-        grad_v = torch.bmm(probs.transpose(1, 2), grad_out)
         # d scores = P * (dP - rowsum(dO * O)), the row sums in fp32.
-        rowsum = (grad_out.float() * out.float()).sum(-1, keepdim=True)
-        grad_scores = torch.bmm(grad_out, v.transpose(1, 2)).sub_(rowsum).mul_(probs)
-        scale = q.shape[-1] ** -0.5
-        grad_q = torch.bmm(grad_scores, k).mul_(scale)
-        grad_k = torch.bmm(grad_scores.transpose(1, 2), q).mul_(scale)
-        return grad_q.view(shape), grad_k.view(kv_shape), grad_v.view(kv_shape)
+        rowsums = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for probs, start in zip(kept, range(0, T, ctx.block)):
+            end = min(start + ctx.block, T)
+            grad_rows = grad_out[:, :, start:end].reshape(len(q), -1, D)
+            # bmm then add: a baddbmm_ into the strided slice falls back to one addmm per batch entry.
+            grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_rows)
+            rowsum = rowsums[:, :, start:end].reshape(len(q), -1, 1)
+            grad_scores = torch.bmm(grad_rows, v[:, :end].transpose(1, 2)).sub_(rowsum).mul_(probs)
+            grad_q[:, :, start:end] = torch.bmm(grad_scores, k[:, :end]).mul_(scale).view(len(q), -1, end - start, D)
+            rows = q[:, :, start:end].reshape(len(q), -1, D)
+            grad_k[:, :end].add_(torch.bmm(grad_scores.transpose(1, 2), rows), alpha=scale)
+        return grad_q.view(shape), grad_k.view(kv_shape), grad_v.view(kv_shape), None
 
 
 # --------------------------------------------------------------------------- decoding

@@ -210,7 +210,7 @@ class Attention(nn.Module):
         is_causal = False
         if mask is None and T > 1:
             is_causal = True
-        # bf16 on CPU: batched matmuls beat the flash kernel (cpu_kernels.causal_attention).
+        # On CPU batched matmuls beat the flash kernel (cpu_kernels.causal_attention).
         out = cpu_kernels.causal_attention(q, k, v) if is_causal else None
         if out is None:
             out = F.scaled_dot_product_attention(

@@ -85,11 +85,28 @@ def test_bf16_causal_attention_matches_flash_attention_in_fp32(heads, kv_heads):
         assert (g.float() - w).norm() / w.norm() < 2e-2
 
 
-def test_causal_attention_leaves_fp32_and_oversized_inputs_to_sdpa(monkeypatch):
-    q = torch.randn(1, 2, 8, 4)
-    assert cpu_kernels.causal_attention(q, q, q) is None  # fp32: flash attention is as fast
-    b = q.bfloat16()
+@pytest.mark.parametrize("block,T", [(64, 24), (8, 24), (7, 24), (5, 11)])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_fp32_causal_attention_in_query_blocks_equals_flash_attention(monkeypatch, block, T, heads, kv_heads):
+    # Blocks that divide T, that do not, and one block for all: the same values as SDPA.
+    monkeypatch.setattr(cpu_kernels, "FP32_QUERY_BLOCK", block)
+    torch.manual_seed(0)
+    q = torch.randn(2, heads, T, 8, requires_grad=True)
+    k, v = torch.randn(2, kv_heads, T, 8, requires_grad=True), torch.randn(2, kv_heads, T, 8, requires_grad=True)
+    grad = torch.randn(2, heads, T, 8)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+    got = cpu_kernels.causal_attention(q, k, v)
+    got_grads = torch.autograd.grad(got, (q, k, v), grad)
+    for g, w in zip((got, *got_grads), (want, *want_grads)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_leaves_other_inputs_to_sdpa(monkeypatch):
+    b = torch.randn(1, 2, 8, 4).bfloat16()
     assert cpu_kernels.causal_attention(b, b[:, :, :5], b[:, :, :5]) is None  # keys != queries
+    assert cpu_kernels.causal_attention(b.half(), b.half(), b.half()) is None  # fp16: no fast CPU matmuls
+    assert cpu_kernels.causal_attention(b, b.float(), b) is None  # mixed dtypes
     monkeypatch.setattr(cpu_kernels, "MAX_SCORES", 2 * 8 * 8 - 1)
     assert cpu_kernels.causal_attention(b, b, b) is None
 
