@@ -41,8 +41,10 @@ def test_two_ranks_match_one_process_and_checkpoints_load_either_way(world_data,
     manifest = json.loads((tmp_path / "fsdp" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["energy"]["n_devices"] == 2
     assert manifest["data"]["tokens_per_step"] == 2 * 4 * 64
+    # Equal, and may be bit for bit: halving a gradient sum is exact, and when each micro-batch's
+    # kernels do not depend on the thread count, (g1 + g2) / 2 over gloo is g1 / 2 + g2 / 2 here.
+    # That two ranks ran is what world_size above and the rank-0-only metrics show.
     assert max(abs(single[s] - sharded[s]) for s in single) < 1e-4
-    assert not all(single[s] == sharded[s] for s in single)  # really computed differently (2 ranks)
 
     # The FSDP checkpoint (gathered tensor by tensor) loads in one process.
     a, b = load_model(tmp_path / "single"), load_model(tmp_path / "fsdp")
