@@ -105,3 +105,18 @@ def test_a_missing_policy_is_an_error_for_people(tmp_path):
         stage.ppo(stage.PPOConfig())
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         stage.ppo(stage.PPOConfig(policy=str(tmp_path)))
+
+
+def test_reported_kl_is_the_kept_policys():
+    # Iteration i's rollouts come from the policy after i - 1 updates.
+    history = [{"step": i, "kl": kl} for i, kl in ((1, 0.0), (2, 0.3), (3, 0.9), (4, 2.0))]
+    assert stage.kept_policy_kl(history, 0) == 0.0  # the starting policy (rollouts of iteration 1)
+    assert stage.kept_policy_kl(history, 2) == 0.9  # after 2 updates: sampled in iteration 3
+    assert stage.kept_policy_kl(history, 4) == 2.0  # the last policy: no rollout of its own
+    assert stage.kept_policy_kl([], 0) == 0.0
+    evals = [{"step": s, "rm_reward": r, "gold_reward": 0.1} for s, r in ((0, 0.5), (2, 0.7), (4, 0.6))]
+    summary = stage.ppo_summary([{**h, "rm_reward": 0.5, "gold_reward": 0.1, "entropy": 1.0, "response_length": 9,
+                                  "policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "grad_norm": 1.0}
+                                 for h in history], evals, 2, [], stage.PPOConfig(), 1.0)
+    assert summary["metrics"]["kl_kept"] == 0.9 and summary["metrics"]["kl_final"] == 2.0
+    assert "0.90 nats per reply for the kept policy (2.00 in the last" in summary["effect"]

@@ -39,6 +39,12 @@ def test_summary_table_and_figure_11_plot():
     plot = summary["plots"][0]
     assert plot["series"]["path"] == {"x": [0.2, 0.7], "y": [0.25, 0.75]}  # helpfulness vs 1 - violation
     assert "0.200 -> RLHF-V1 0.700" in summary["effect"] and "0.750 -> 0.250" in summary["effect"]
+    assert "PPO KL 1.50" in summary["effect"] and "starting policy" not in summary["effect"]
+    # Early stopping kept step 0: the KL reported is the kept policy's, and the line says so.
+    rounds[0]["ppo"] = {"kl_final": 1.5, "kl_kept": 0.2, "best_step": 0, "kl_coef": 0.05}
+    summary = stage.rlhf_summary(versions, rounds, 5.0)
+    assert "PPO KL 0.20" in summary["effect"] and "kept its starting policy" in summary["effect"]
+    assert summary["metrics"]["round-1/ppo_kl"] == 0.2
 
 
 def test_ppo_runs_in_the_last_round_by_default_or_from_a_given_round():

@@ -392,21 +392,34 @@ def iteration_warnings(history: Sequence[dict], kl_limit: float) -> list[str]:
     return out
 
 
+def kept_policy_kl(history: list[dict], best_step: int) -> float:
+    """KL to the reference of the policy early stopping kept (after `best_step` updates): the
+    rollouts of iteration best_step + 1 were sampled from it. When the last policy is kept no
+    rollout sampled it, and the last iteration's (one update older) stands in."""
+    sampled_from_kept = [h["kl"] for h in history if h["step"] == best_step + 1]
+    if sampled_from_kept:
+        return sampled_from_kept[0]
+    return history[-1]["kl"] if history else 0.0
+
+
 def ppo_summary(history: list[dict], evals: list[dict], best_step: int, warnings: list[str], cfg: PPOConfig,
                 seconds: float) -> dict[str, Any]:
     """summary.json: rewards (RM and gold), KL and losses per iteration, held-out evaluations."""
     steps = [h["step"] for h in history]
     first, kept = evals[0], next((e for e in evals if e["step"] == best_step), evals[-1])
     last_kl = history[-1]["kl"] if history else 0.0
+    kl_kept = kept_policy_kl(history, best_step)
     metrics = {
         "iterations": len(history), "best_step": best_step, "kl_coef": cfg.kl_coef,
         "held_out/rm_reward_before": first["rm_reward"], "held_out/rm_reward_after": kept["rm_reward"],
         "held_out/gold_reward_before": first["gold_reward"], "held_out/gold_reward_after": kept["gold_reward"],
-        "kl_final": last_kl, "kl_max": max((h["kl"] for h in history), default=0.0), "warnings": len(warnings),
+        "kl_kept": kl_kept, "kl_final": last_kl, "kl_max": max((h["kl"] for h in history), default=0.0),
+        "warnings": len(warnings),
     }
     effect = (f"PPO ({len(history)} iterations, kept step {best_step}): held-out RM reward {first['rm_reward']:.3f} -> "
               f"{kept['rm_reward']:.3f}, gold {first['gold_reward']:.3f} -> {kept['gold_reward']:.3f}, "
-              f"KL to the reference {last_kl:.2f} nats per reply")
+              f"KL to the reference {kl_kept:.2f} nats per reply for the kept policy "
+              f"({last_kl:.2f} in the last iteration's rollouts)")
 
     def series(key: str) -> dict[str, list]:
         return {"x": steps, "y": [h[key] for h in history]}

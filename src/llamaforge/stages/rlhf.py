@@ -226,8 +226,12 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
               f"false refusal {sft['metrics'].get('false_refusal', 0):.3f} -> {final['metrics'].get('false_refusal', 0):.3f}")
     for r in rounds:
         if "ppo" in r:
-            effect += f"; PPO KL {r['ppo']['kl_final']:.2f} nats per reply (β {r['ppo']['kl_coef']})"
-            metrics[f"round-{r['round']}/ppo_kl"] = r["ppo"]["kl_final"]
+            ppo = r["ppo"]
+            kl = ppo.get("kl_kept", ppo["kl_final"])
+            effect += f"; PPO KL {kl:.2f} nats per reply (β {ppo['kl_coef']})"
+            if ppo.get("best_step") == 0:
+                effect += " (PPO kept its starting policy: no held-out RM gain)"
+            metrics[f"round-{r['round']}/ppo_kl"] = kl
         metrics[f"round-{r['round']}/seconds"] = r["seconds"]
         for name in ("rm_accuracy/helpfulness", "rm_accuracy/helpfulness_policy", "rm_accuracy/safety"):
             if r.get(name) is not None:
@@ -243,7 +247,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
                    round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4),
                    round(r["rs"]["gold/all_samples"], 4), round(r["rs"]["gold/kept"], 4),
                    r["rs"].get("scorer_gold_agreement"), r["rs"]["pool"],
-                   round(r["ppo"]["kl_final"], 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
+                   round(r["ppo"].get("kl_kept", r["ppo"]["kl_final"]), 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
     tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
                "columns": columns, "rows": rows},
               {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "on policy samples", "safety RM acc", "RS median reward",
