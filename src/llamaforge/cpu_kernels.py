@@ -1,7 +1,7 @@
 """CPU fast paths for the model's matmuls, kept out of model.py so that it reads as the model.
 
-Two things make a CPU run fast here, both measured on the AMD EPYC (Zen 5, AVX-512, 2 cores)
-the benchmarks run on (benchmarks/RESULTS.md):
+What makes a CPU run fast here, each measured on the AMD EPYC (Zen 5, AVX-512, 2 cores) the
+benchmarks run on (benchmarks/RESULTS.md):
 
 - fp32 matmuls through oneDNN: torch's default fp32 GEMM (MKL) takes a path half as wide as
   the CPU there, ~210 GFLOP/s, where oneDNN reaches ~420 for the same shapes, in fp32
@@ -10,7 +10,10 @@ the benchmarks run on (benchmarks/RESULTS.md):
   weight, and MKL reads it on one core. With the weight stored as the transpose of a
   contiguous [in, out] matrix (`decode_layout`), the input dimension splits into one
   contiguous block per core and one batched matmul reads them all at once (35 vs 16 GB/s
-  for a decode step of the GQA bench config). `split_rows_linear`.
+  for a decode step of the GQA bench config). `split_rows_linear`; projections that share
+  their input share one such matrix, `fused_rows_linear`.
+- causal attention by batched matmuls instead of torch's CPU flash kernel. `causal_attention`.
+- big blocks of memory reused instead of page-faulted in again every step. `keep_freed_memory`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -204,19 +207,52 @@ def split_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
     return partial.sum(0).view(*x.shape[:-1], out_features)
 
 
+def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...] | None:
+    """x @ w.T for each of `linears` (which share the input x) as one `split_rows_linear`,
+    where `use_decode_layout` stored their weights side by side, as the column blocks of one
+    contiguous [in, sum of outs] matrix; None elsewhere. A decode step then reads the
+    attention's three projections, or the feed-forward's two input ones, in one matmul."""
+    weights = [m.weight for m in linears]
+    total = sum(w.shape[0] for w in weights)
+    offset = weights[0].storage_offset()
+    for w in weights:
+        if w.stride() != (1, total) or w.storage_offset() != offset or w.shape[1] != weights[0].shape[1]:
+            return None
+        if w.untyped_storage().data_ptr() != weights[0].untyped_storage().data_ptr():
+            return None
+        offset += w.shape[0]
+    fused = weights[0].as_strided((total, weights[0].shape[1]), (1, total))  # [sum of outs, in]
+    out = split_rows_linear(x, fused)
+    return None if out is None else out.split([w.shape[0] for w in weights], dim=-1)
+
+
 def use_decode_layout(model: nn.Module) -> list[nn.Linear]:
     """Store every Linear weight [out, in] as the transpose of a contiguous [in, out] matrix:
-    the same values, shape and names, another memory order (see the module docstring).
-    Returns the modules changed. Models off the CPU, and models under FSDP (it owns their
-    storage), are left alone."""
+    the same values, shape and names, another memory order (see the module docstring). The
+    Linears a module names in `decode_fused` share one such matrix, side by side
+    (`fused_rows_linear`). Returns the Linears changed. Models off the CPU, and models under
+    FSDP (it owns their storage), are left alone."""
     weight = next(model.parameters(), None)
     if weight is None or weight.device.type != "cpu" or _fsdp_managed(model):
         return []
-    changed = []
+    changed: list[nn.Linear] = []
+
+    def plain(m: nn.Module) -> bool:
+        return isinstance(m, nn.Linear) and m.weight.is_contiguous() and m.weight.shape[0] > 1
+
     # Outside inference mode (generate runs in it): the weights must stay ordinary tensors.
     with torch.inference_mode(False), torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and module.weight.shape[0] > 1:
+            group = [getattr(module, name) for name in getattr(module, "decode_fused", ())]
+            if len(group) > 1 and all(plain(m) for m in group) and len({m.weight.dtype for m in group}) == 1:
+                fused = torch.cat([m.weight.data.t() for m in group], dim=1)  # [in, sum of outs], contiguous
+                start = 0
+                for m in group:
+                    m.weight.data = fused[:, start : start + m.weight.shape[0]].t()
+                    start += m.weight.shape[0]
+                changed += group
+        for module in model.modules():
+            if plain(module):
                 module.weight.data = module.weight.data.t().contiguous().t()
                 changed.append(module)
     return changed

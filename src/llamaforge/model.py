@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import cpu_kernels
-from .cpu_kernels import onednn_applies, onednn_mm, split_rows_linear
+from .cpu_kernels import fused_rows_linear, onednn_applies, onednn_mm, split_rows_linear
 
 
 @dataclass
@@ -187,6 +187,8 @@ class Linear(nn.Linear):
 
 
 class Attention(nn.Module):
+    decode_fused = ("wq", "wk", "wv")  # one weight matrix in the CPU decode layout (cpu_kernels)
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
@@ -198,9 +200,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, start_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = fused_rows_linear(x, (self.wq, self.wk, self.wv)) or (self.wq(x), self.wk(x), self.wv(x))
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.cache is not None:
@@ -220,6 +223,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    decode_fused = ("w1", "w3")
+
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.w1 = Linear(dim, hidden_dim)
@@ -227,7 +232,8 @@ class FeedForward(nn.Module):
         self.w3 = Linear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = fused_rows_linear(x, (self.w1, self.w3)) or (self.w1(x), self.w3(x))
+        return self.w2(F.silu(gate) * up)
 
 
 IGNORE_INDEX = -100  # a target that contributes no loss (padding, masked prompt tokens)

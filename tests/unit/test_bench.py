@@ -142,6 +142,26 @@ def test_decode_helpers_match_the_full_forward(cpu_matmuls):
         assert torch.allclose(last_logits(model, tokens, 0), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_fused_decode_projections_equal_the_separate_ones(cpu_matmuls, rows):
+    model = Transformer(ModelArgs.from_preset("tiny", vocab_size=64, n_kv_heads=2)).eval()
+    attention, ffn = model.layers[0].attention, model.layers[0].feed_forward
+    x = torch.randn(1, rows, model.args.dim)
+    with torch.no_grad():
+        want = [m(x) for m in (attention.wq, attention.wk, attention.wv, ffn.w1, ffn.w3)]
+        assert cpu_kernels.fused_rows_linear(x, (attention.wq, attention.wk)) is None  # not side by side
+        with decode_layout(model):
+            qkv = cpu_kernels.fused_rows_linear(x, (attention.wq, attention.wk, attention.wv))
+            gate_up = cpu_kernels.fused_rows_linear(x, (ffn.w1, ffn.w3))
+            assert cpu_kernels.fused_rows_linear(x, (attention.wk, attention.wv)) is None  # not the whole matrix
+            if rows > cpu_kernels.DECODE_ROWS:  # a prefill: the separate matmuls
+                assert qkv is None and gate_up is None
+                return
+            for got, expected in zip((*qkv, *gate_up), want):
+                assert got.shape == expected.shape
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
     torch.manual_seed(0)
     a = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
@@ -149,7 +169,11 @@ def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
     b.load_state_dict(a.state_dict())
     wq = a.layers[0].attention.wq
     with decode_layout(a):
-        assert not wq.weight.is_contiguous() and wq.weight.t().is_contiguous() and not wq.weight.is_inference()
+        assert not wq.weight.is_contiguous() and wq.weight.stride(0) == 1 and not wq.weight.is_inference()
+        wo = a.layers[0].attention.wo
+        assert wo.weight.t().is_contiguous()  # alone; wq, wk and wv side by side in one matrix:
+        wk = a.layers[0].attention.wk
+        assert wk.weight.untyped_storage().data_ptr() == wq.weight.untyped_storage().data_ptr()
         with decode_layout(a):  # nested (chat_replies around generate): nothing converted twice
             assert use_decode_layout(a) == []
         assert not wq.weight.is_contiguous()  # the inner exit restored nothing
