@@ -55,8 +55,14 @@ def info() -> DistInfo:
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 
-def destroy() -> None:
+def destroy(*, wait: bool = True) -> None:
+    """Leave the process group. wait (after a run that finished on every rank): first wait for
+    all ranks, since a rank that tore gloo's group down while another still finished its run
+    aborted ("terminate called without an active exception"), once in a CI run of the two-rank
+    pretraining test. Not after an error: the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -101,15 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(PretrainConfig, argv, prog="llamaforge pretrain", description=__doc__.split("\n\n")[0])
     started_group = not distributed.info().is_distributed
     distributed.init_distributed("cuda" if cfg.train.device.startswith("cuda") else None)
+    finished = False
     try:
         result = pretrain(cfg)
+        finished = True
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         # Problems with the inputs (paths, shapes, vocabularies): the message says what to do.
         print(f"llamaforge pretrain: error: {e}", file=sys.stderr)
         return 1
     finally:
         if started_group:
-            distributed.destroy()
+            distributed.destroy(wait=finished)
     return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped_by or "", 0)
 
 
