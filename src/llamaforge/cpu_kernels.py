@@ -55,10 +55,13 @@ def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def onednn_applies(*tensors: torch.Tensor) -> bool:
-    """True where `onednn_mm` serves: plain non-empty fp32 CPU tensors, no autocast, no compile."""
+    """True where `onednn_mm` serves: plain non-empty fp32 CPU tensors, matrices contiguous or
+    the transpose of a contiguous one, no autocast, no compile. (oneDNN runs a strided weight,
+    such as a column block of a wider matrix, through its reference kernel: minutes, not ms.)"""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() > 0
-            and type(t) in (torch.Tensor, nn.Parameter) for t in tensors)
+            and type(t) in (torch.Tensor, nn.Parameter)
+            and (t.dim() != 2 or t.is_contiguous() or t.t().is_contiguous()) for t in tensors)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and onednn_matmuls()
@@ -208,10 +211,10 @@ def split_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
 
 
 def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...] | None:
-    """x @ w.T for each of `linears` (which share the input x) as one `split_rows_linear`,
-    where `use_decode_layout` stored their weights side by side, as the column blocks of one
-    contiguous [in, sum of outs] matrix; None elsewhere. A decode step then reads the
-    attention's three projections, or the feed-forward's two input ones, in one matmul."""
+    """x @ w.T for each of `linears` (which share the input x) as one matmul (`split_rows_linear`
+    for a few fp32 rows), where `use_decode_layout` stored their weights side by side, as the
+    column blocks of one contiguous [in, sum of outs] matrix; None elsewhere. A decode step
+    then reads the attention's three projections, or the feed-forward's two input ones, at once."""
     weights = [m.weight for m in linears]
     total = sum(w.shape[0] for w in weights)
     offset = weights[0].storage_offset()
@@ -223,7 +226,9 @@ def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[to
         offset += w.shape[0]
     fused = weights[0].as_strided((total, weights[0].shape[1]), (1, total))  # [sum of outs, in]
     out = split_rows_linear(x, fused)
-    return None if out is None else out.split([w.shape[0] for w in weights], dim=-1)
+    if out is None:  # a prefill, or not fp32: one matmul all the same (each block alone is strided)
+        out = linear(x, fused)
+    return out.split([w.shape[0] for w in weights], dim=-1)
 
 
 def use_decode_layout(model: nn.Module) -> list[nn.Linear]:

@@ -154,12 +154,29 @@ def test_fused_decode_projections_equal_the_separate_ones(cpu_matmuls, rows):
             qkv = cpu_kernels.fused_rows_linear(x, (attention.wq, attention.wk, attention.wv))
             gate_up = cpu_kernels.fused_rows_linear(x, (ffn.w1, ffn.w3))
             assert cpu_kernels.fused_rows_linear(x, (attention.wk, attention.wv)) is None  # not the whole matrix
-            if rows > cpu_kernels.DECODE_ROWS:  # a prefill: the separate matmuls
-                assert qkv is None and gate_up is None
-                return
-            for got, expected in zip((*qkv, *gate_up), want):
+            for got, expected in zip((*qkv, *gate_up), want):  # few rows split, a prefill's not
                 assert got.shape == expected.shape
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_prefill_under_the_decode_layout_gives_onednn_no_strided_weight(monkeypatch):
+    # oneDNN runs a column block of a wider matrix through its reference kernel (minutes for a
+    # demo's prompts): every operand it gets must be dense, or the transpose of a dense matrix.
+    if not cpu_kernels._onednn_works():
+        pytest.skip("this torch has no usable oneDNN linear op")
+    monkeypatch.setattr(cpu_kernels, "_onednn", True)
+    model = Transformer(ModelArgs.from_preset("tiny", vocab_size=64, n_kv_heads=2)).eval()
+    tokens = torch.randint(0, 64, (2, 12))
+    operands = []
+    real = cpu_kernels.onednn_mm
+    monkeypatch.setattr(cpu_kernels, "onednn_mm", lambda a, b: operands.append(b) or real(a, b))
+    with torch.no_grad():
+        want = model(tokens)
+        with decode_layout(model):
+            got = model(tokens)  # 24 rows: no split-rows path
+            assert not cpu_kernels.onednn_applies(model.layers[0].attention.wk.weight)
+    assert operands and all(b.is_contiguous() or b.t().is_contiguous() for b in operands)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
