@@ -215,6 +215,8 @@ def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[to
     for a few fp32 rows), where `use_decode_layout` stored their weights side by side, as the
     column blocks of one contiguous [in, sum of outs] matrix; None elsewhere. A decode step
     then reads the attention's three projections, or the feed-forward's two input ones, at once."""
+    if torch.compiler.is_compiling():  # a compiled step reads each weight view (no storage pointers in a graph)
+        return None
     weights = [m.weight for m in linears]
     total = sum(w.shape[0] for w in weights)
     offset = weights[0].storage_offset()
