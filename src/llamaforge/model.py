@@ -297,8 +297,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 probs = torch.softmax(chunk, dim=-1)
                 p_t = probs.gather(1, t).float()
                 losses = -p_t.log()
-                # A p_t that underflowed (a token's loss over ~87 nats) takes logsumexp - x_t.
-                lost = (p_t < 2 * torch.finfo(torch.float32).tiny).squeeze(1)
+                # A p_t below the dtype's normal range (a token's loss over ~87 nats in fp32 and
+                # bf16, ~9.7 in fp16) is imprecise or 0: such a token takes logsumexp - x_t.
+                lost = (p_t < torch.finfo(probs.dtype).tiny).squeeze(1)
                 if bool(lost.any()):
                     far = chunk[lost].float()
                     losses[lost] = (far.logsumexp(dim=1, keepdim=True) - far.gather(1, t[lost]))

@@ -57,6 +57,14 @@ def test_chunked_cross_entropy_under_bf16_autocast_stays_near_fp32():
         assert (g - w).norm() / w.norm() < 2e-2
 
 
+def test_chunked_cross_entropy_in_fp16_stays_exact_where_probabilities_leave_fp16s_range():
+    # p_t = e^-16 is subnormal in fp16 (two significant bits): the loss must still be right.
+    hidden = torch.tensor([[1.0]], dtype=torch.float16)
+    weight = torch.tensor([[0.0], [-16.0]], dtype=torch.float16)
+    loss = chunked_cross_entropy(hidden, weight, torch.tensor([[1]]))
+    assert loss.item() == pytest.approx(16 + torch.log1p(torch.tensor(-16.0).exp()).item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunked_cross_entropy_of_a_hopeless_token_is_finite_and_right(dtype):
     # Target logit 300 below the others: softmax gives p_t = 0, and the loss must still be 300 + log(2).
