@@ -303,10 +303,11 @@ def keep_freed_memory() -> bool:
     tensor of that size costs a page fault per 4 KiB page each time it is made: at the
     stories15M shape, the embedding's and the output layer's fp32 gradients (32000 x 288,
     37 MB) and every cross-entropy chunk's weight gradient, ~10 ms each, a quarter of an fp32
-    training step (876 -> 672 ms, bf16 584 -> 489 ms; benchmarks/RESULTS.md). Serving every
+    training step (876 -> 635 ms, bf16 584 -> 438 ms; benchmarks/RESULTS.md). Serving every
     block from the heap and keeping up to 1 GiB of it free is what the jemalloc/tcmalloc advice in
-    PyTorch's CPU tuning guide buys. The process's peak memory is unchanged (freed blocks are
-    reused, not added to); its resident size no longer shrinks after the peak. Process-wide.
+    PyTorch's CPU tuning guide buys. It costs memory: the heap fragments, so the peak resident
+    size of stories15M fp32 training steps rose 1,266 -> 1,427 MiB (transformers' 1,544 ->
+    1,838), and the resident size no longer shrinks after the peak. Process-wide.
     """
     global _kept
     if _kept is None:
