@@ -672,8 +672,9 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
     sig, neg = own["by_rating"]["significantly better"], own["by_rating"]["negligibly better"]
     effect = (f"{kind} RM (margin {margin}): held-out accuracy 0.5 (chance) -> {own['accuracy']:.3f} "
               f"{_interval(own)}{_ceiling(own)}; significantly better {sig}, negligibly better {neg}")
-    if _detector(metrics):
-        effect += f"; {_detector(metrics)}"
+    detector = _detector(metrics)
+    if detector:
+        effect += f"; {detector}"
     return {"stage": f"{STAGE}-{kind}", "effect": effect, "seconds": round(seconds, 2),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "tables": tables, "plots": plots}
 

@@ -192,6 +192,11 @@ def _difference(before: dict, after: dict, metric: str) -> dict[str, float] | No
         return None
 
 
+def _kept_kl(ppo_metrics: dict) -> float:
+    """The KL of the policy PPO's early stopping kept (summaries before it was recorded: the last iteration's)."""
+    return ppo_metrics.get("kl_kept", ppo_metrics["kl_final"])
+
+
 def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> dict[str, Any]:
     """summary.json: the versions' gold-judged results with paired intervals against SFT and the
     previous version, and helpfulness vs harmlessness (1 - violation rate) per version."""
@@ -226,8 +231,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
               f"false refusal {sft['metrics'].get('false_refusal', 0):.3f} -> {final['metrics'].get('false_refusal', 0):.3f}")
     for r in rounds:
         if "ppo" in r:
-            ppo = r["ppo"]
-            kl = ppo.get("kl_kept", ppo["kl_final"])
+            ppo, kl = r["ppo"], _kept_kl(r["ppo"])
             effect += f"; PPO KL {kl:.2f} nats per reply (β {ppo['kl_coef']})"
             if ppo.get("best_step") == 0:
                 effect += " (PPO kept its starting policy: no held-out RM gain)"
@@ -247,7 +251,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
                    round(r["rs"]["reward/median_of_k"], 4), round(r["rs"]["reward/max_of_k"], 4),
                    round(r["rs"]["gold/all_samples"], 4), round(r["rs"]["gold/kept"], 4),
                    r["rs"].get("scorer_gold_agreement"), r["rs"]["pool"],
-                   round(r["ppo"].get("kl_kept", r["ppo"]["kl_final"]), 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
+                   round(_kept_kl(r["ppo"]), 3) if "ppo" in r else "", r["seconds"]] for r in rounds]
     tables = [{"title": "RLHF versions on held-out prompts (gold judges; paired 95% bootstrap intervals)",
                "columns": columns, "rows": rows},
               {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "on policy samples", "safety RM acc", "RS median reward",
