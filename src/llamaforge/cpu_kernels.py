@@ -11,7 +11,8 @@ benchmarks run on (benchmarks/RESULTS.md):
   contiguous [in, out] matrix (`decode_layout`), the input dimension splits into one
   contiguous block per core and one batched matmul reads them all at once (35 vs 16 GB/s
   for a decode step of the GQA bench config). `split_rows_linear`; projections that share
-  their input share one such matrix, `fused_rows_linear`.
+  their input share one such matrix, `fused_rows_linear`, and in training one transposed copy
+  of their input for the weight gradients, `shared_input_linear`.
 - causal attention by batched matmuls instead of torch's CPU flash kernel. `causal_attention`.
 - big blocks of memory reused instead of page-faulted in again every step. `keep_freed_memory`.
 """
@@ -75,31 +76,56 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """F.linear(x, w) without bias, through oneDNN where it applies (with its gradients)."""
-    if not onednn_applies(x, w):
-        return F.linear(x, w)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return _OneDNNLinear.apply(x, w)
-    return matmul(x.reshape(-1, x.shape[-1]), w.t()).view(*x.shape[:-1], w.shape[0])
+    return shared_input_linear(x, (w,))[0]
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """x @ w.T and its two gradients, each one oneDNN matmul."""
+def shared_input_linear(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """F.linear(x, w) for each w of `weights`, which share the input x (the attention's q/k/v
+    projections, the feed-forward's w1/w3), through oneDNN where it applies.
+
+    Under autograd their backward shares one transposed copy of x. A weight gradient sums
+    over tokens, the leading dimension of both the output gradient g [N, out] and x [N, in],
+    and oneDNN copies such a strided left operand first. Copying x^T [in, N] once for all
+    the projections is cheaper than each g^T, where in < the summed outs: stories15M's
+    w1/w3 backward 7.3 -> 5.4 ms a layer."""
+    if not onednn_applies(x, *weights):
+        return tuple(F.linear(x, w) for w in weights)
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return _OneDNNLinears.apply(x, *weights)
+    rows = x.reshape(-1, x.shape[-1])
+    return tuple(matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0]) for w in weights)
+
+
+class _OneDNNLinears(torch.autograd.Function):
+    """x @ w.T for each w, and their gradients, each product one oneDNN matmul."""
 
     @staticmethod
-    def forward(ctx, x, w):
+    def forward(ctx, x, *weights):
         rows = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(rows, w)
+        ctx.save_for_backward(rows, *weights)
         ctx.shape = x.shape
-        return matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0])
+        return tuple(matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0]) for w in weights)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the oneDNN op has no derivative of its own
-    def backward(ctx, grad):
-        rows, w = ctx.saved_tensors
-        grad = grad.reshape(-1, w.shape[0])
-        grad_x = matmul(grad, w).view(*ctx.shape) if ctx.needs_input_grad[0] else None
-        grad_w = matmul(grad.t(), rows) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
+    def backward(ctx, *grads):
+        rows, *weights = ctx.saved_tensors
+        rows_t = None  # x^T [in, N], copied once for every weight gradient (docstring)
+        if rows.shape[1] < sum(w.shape[0] for w in weights):
+            rows_t = rows.t().contiguous()
+        grad_x, grad_ws = None, []
+        for i, (grad, w) in enumerate(zip(grads, weights)):
+            grad = grad.reshape(-1, w.shape[0])
+            if ctx.needs_input_grad[0]:
+                part = matmul(grad, w)
+                grad_x = part if grad_x is None else grad_x.add_(part)
+            if not ctx.needs_input_grad[1 + i]:
+                grad_ws.append(None)
+            elif rows_t is not None:
+                grad_ws.append(matmul(rows_t, grad).t())  # [in, out] -> its transpose, [out, in]
+            else:
+                grad_ws.append(matmul(grad.t(), rows))
+        return (None if grad_x is None else grad_x.view(*ctx.shape)), *grad_ws
 
 
 # --------------------------------------------------------------------------- attention
@@ -231,6 +257,18 @@ def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[to
     if out is None:  # a prefill, or not fp32: one matmul all the same (each block alone is strided)
         out = linear(x, fused)
     return out.split([w.shape[0] for w in weights], dim=-1)
+
+
+def projections(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """Each of `linears` applied to their shared input x: one matmul in the decode layout
+    (`fused_rows_linear`), one transposed copy of x for the weight gradients in training
+    (`shared_input_linear`), else each Linear on its own."""
+    fused = fused_rows_linear(x, linears)
+    if fused is not None:
+        return fused
+    if torch.is_grad_enabled() and (x.requires_grad or any(m.weight.requires_grad for m in linears)):
+        return shared_input_linear(x, [m.weight for m in linears])
+    return tuple(m(x) for m in linears)
 
 
 def use_decode_layout(model: nn.Module) -> list[nn.Linear]:

@@ -292,6 +292,28 @@ def test_cpu_fp32_matmuls_match_torch_with_gradients(cpu_matmuls):
     assert torch.allclose(cpu_kernels.matmul(a.t().contiguous().t(), b.t().contiguous().t()), a @ b, atol=1e-5)
 
 
+@pytest.mark.parametrize("outs", [(16, 4, 4), (6,), (3, 2)])  # in 8: x^T shared; x^T alone; each g^T
+def test_projections_sharing_an_input_give_torchs_values_and_gradients(cpu_matmuls, outs, monkeypatch):
+    """`shared_input_linear` (the q/k/v and w1/w3 projections in training) against F.linear,
+    with one weight frozen; where x^T is copied for the weight gradients, it is copied once."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    weights = [torch.randn(o, 8, requires_grad=i != 1) for i, o in enumerate(outs)]
+    probes = [torch.randn(3, 5, o) for o in outs]
+    left = []
+    real = cpu_kernels.onednn_mm
+    monkeypatch.setattr(cpu_kernels, "onednn_mm", lambda a, b: left.append(a) or real(a, b))
+    got = cpu_kernels.shared_input_linear(x, weights)
+    grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(got, probes)), [x, weights[0]])
+    want = [F.linear(x, w) for w in weights]
+    expected = torch.autograd.grad(sum((o * p).sum() for o, p in zip(want, probes)), [x, weights[0]])
+    for a, b in zip((*got, *grads), (*want, *expected)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    if cpu_matmuls == "onednn":
+        transposed_x = {id(a) for a in left if a.shape == (8, 15)}
+        assert len(transposed_x) == (1 if 8 < sum(outs) else 0)
+
+
 def test_cpu_matmul_edge_cases(cpu_matmuls):
     layer = Linear(8, 4)
     empty = torch.randn(0, 8, requires_grad=True)  # no rows (an SFT batch without answers)
