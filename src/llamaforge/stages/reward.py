@@ -725,12 +725,22 @@ def _world(seed: int, size: str):
 # and a 90-second budget for both reward models: fewer, smaller batches and a larger LR.
 DEMO_OVERRIDES = ("train.lr=1e-3", "data.batch_pairs=16", "data.micro_batch_pairs=16", "data.max_pairs=800",
                   "data.eval_pairs=300", "train.log_every=5", "run.progress=false")
+# The demo's helpfulness RM: 1,600 pairs, three quarters its own. SPEC §7 fills the other half
+# of the paper's mix uniformly from Meta Safety *and* the open-source sets, which are mostly
+# helpfulness-style comparisons; the built-in world has no open-source set, so a 50/50 mix
+# would be half safety pairs, where a bare refusal is often the chosen reply. Held-out accuracy
+# on a dev split of the world's training pairs (300 pairs), SFT models of two builds:
+#   800 pairs 50/50: 0.60, 0.67    1,600 pairs 50/50: 0.66, 0.66    1,600 pairs 75/25: 0.70, 0.71
+#   1,600 pairs 100/0: 0.71, 0.71  2,400 pairs 75/25: -, 0.69       3,200 pairs 75/25: -, 0.65
+# On the test pairs (the stage's figure), 800 50/50 -> 1,600 75/25: 0.644 -> 0.694; "answer vs a
+# refusal of the benign question" 0.53 -> 0.84, "right vs wrong answer" 0.63 -> 0.79.
+DEMO_KIND_OVERRIDES = {"helpfulness": ("data.max_pairs=1600", "data.own_share=0.75")}
 
 
 def demo_config(kind: str, base: str | os.PathLike, out_dir: str | os.PathLike, *overrides: str) -> RewardConfig:
     """The demo's config of one reward model, initialised from `base`, its run folder `out_dir`."""
     return load_config(RewardConfig, None, [f"kind={kind}", f"model.init_from={base}", f"run.dir={out_dir}",
-                                            *DEMO_OVERRIDES, *overrides])
+                                            *DEMO_OVERRIDES, *DEMO_KIND_OVERRIDES.get(kind, ()), *overrides])
 
 
 def train_reward_models(base: str | os.PathLike, world, out_dir: str | os.PathLike, *, policy=None,
