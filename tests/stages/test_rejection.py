@@ -134,3 +134,40 @@ def test_the_stage_fine_tunes_on_the_kept_samples_and_keeps_earlier_rounds(tiny,
     assert pool[0] == old and len(pool) == summary["metrics"]["pool"]
     tuned = load_model(result["path"])
     assert not torch.equal(tuned.output.weight, load_model(tiny["lm"]).output.weight)
+
+
+def test_a_larger_sampler_samples_and_the_policy_learns_from_its_picks(tiny, tmp_path):
+    """SPEC §8: only the largest model is sampled; a smaller one fine-tunes on its best replies."""
+    from llamaforge import ModelArgs, Transformer, save_model
+    from llamaforge.generate import SamplingParams
+
+    pytest.importorskip("llamaforge.stages.sft")
+    torch.manual_seed(1)
+    big = tmp_path / "big"
+    save_model(Transformer(ModelArgs.from_preset("tiny", dim=96, n_layers=3)), big, format="meta",
+               tokenizer_path=tiny["tokenizer_path"])
+    (big / "tokenizer.model").write_bytes(tiny["tokenizer_path"].read_bytes())
+    scored: list[str] = []
+
+    def lengths(records, replies):
+        scored.extend(replies)
+        return [min(1.0, len(r) / 50) for r in replies]
+
+    cfg = stage.RejectionConfig(policy=str(tiny["lm"]), sampler=str(big), helpfulness_rm="gold", rejection_samples=2,
+                                prompts=6, max_new_tokens=16, world_size="tiny", epochs=0.5,
+                                train=TrainConfig(lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1),
+                                run=RunConfig(progress=False))
+    result = stage.rejection(cfg, scorer=lengths, world=tiny["world"], out_dir=tmp_path / "rs")
+
+    records = stage.training_prompts(tiny["world"], cfg.prompts, cfg.seed + cfg.iteration)
+    params = SamplingParams(temperature=cfg.temperature(), top_p=1.0, max_new_tokens=16, seed=cfg.seed + cfg.iteration)
+
+    def samples_of(path):
+        groups = stage.sample_k(load_model(path), tiny["tokenizer"], records, 2, params, batch_size=cfg.batch_size)
+        return [c.text or "" for group in groups for c in group]
+
+    assert scored == samples_of(big) != samples_of(tiny["lm"])
+    assert result["summary"]["effect"].startswith(f"sampled by {big}: ")
+    tuned, policy = load_model(result["path"]), load_model(tiny["lm"])
+    assert tuned.args == policy.args  # the policy learned; the sampler only sampled
+    assert not torch.equal(tuned.output.weight, policy.output.weight)

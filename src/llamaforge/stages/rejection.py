@@ -5,12 +5,16 @@ loss (through `stages.sft.finetune`, the one SFT loop).
     llamaforge rejection policy=runs/demo/02-sft helpfulness_rm=runs/demo/03-reward-helpfulness \\
         safety_rm=runs/demo/04-reward-safety
     llamaforge rejection --config configs/rejection/demo.yaml policy=... iteration=2 previous=runs/demo/06-rejection
+    llamaforge rejection policy=runs/small-sft sampler=runs/large-sft ...   # the large model samples, the small one learns
 
 Reads top to bottom: prompts (the built-in world's training prompts of every kind, or the
 user's JSONL), K samples each at the iteration's temperature (replicated prompts, one
 batched decode), the reward Rc of SPEC §8 from both RMs (the gold judges only measure), the
 best reply per prompt joined with the best replies of all earlier iterations, fine-tuning,
-summary.json with the max-vs-median reward curve over K.
+summary.json with the max-vs-median reward curve over K. With `sampler`, another (larger)
+model draws the K samples, scored the same way, and the policy learns from its picks (SPEC §8:
+only the largest model was sampled; the smaller ones fine-tuned on its best samples). The
+replies pass between them as text, so the two may even use different tokenizers.
 
 A scorer is any `scorer(records, replies) -> list[float]` returning rewards as probabilities
 in [0, 1] (the RMs' σ, or a gold judge): `reward_model_scorer` builds Rc from two reward
@@ -229,6 +233,7 @@ class RejectionConfig:
     """Defaults are the CPU demo; configs/rejection/paper.yaml lists the paper's settings."""
 
     policy: str = ""  # the model sampled and fine-tuned (the SFT model in round 1, then the latest)
+    sampler: str = ""  # a (larger) model that samples instead of the policy, which learns from its picks (SPEC §8); empty = the policy
     helpfulness_rm: str = ""  # reward model folder (llamaforge reward --kind helpfulness); "gold" = the gold judges
     safety_rm: str = ""  # reward model folder (--kind safety); empty = helpfulness only
     safety_threshold: float = 0.15  # Rc uses the safety RM below this probability (SPEC §8)
@@ -299,7 +304,9 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
     started = time.perf_counter()
     if not cfg.policy:
         raise ValueError("policy is required: the model to sample from and fine-tune (the SFT model in round 1)")
-    tokenizer_path, tokenizer = policy_tokenizer(cfg.policy)
+    policy_tokenizer(cfg.policy)  # the policy folder must carry its tokenizer (the fine-tune reads it)
+    sampler_path = cfg.sampler or cfg.policy
+    _, tokenizer = policy_tokenizer(sampler_path)
     scorer = scorer or load_scorer(cfg.helpfulness_rm, cfg.safety_rm, safety_threshold=cfg.safety_threshold)
     run_cfg = cfg.run if out_dir is None else dataclasses.replace(cfg.run, dir=str(out_dir))
     run = Run.start(run_cfg, STAGE, config_to_dict(cfg), seeds={"sampling": cfg.seed}, parent=cfg.policy)
@@ -312,11 +319,11 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
             world = World.generate(seed=cfg.world_seed, size=cfg.world_size)
         records = training_prompts(world, cfg.prompts, cfg.seed + cfg.iteration)
 
-    policy = load_model(cfg.policy)
+    sampler = load_model(sampler_path)
     temperature = cfg.temperature()
-    result = best_of_k(policy, tokenizer, records, scorer, k=cfg.rejection_samples, temperature=temperature,
+    result = best_of_k(sampler, tokenizer, records, scorer, k=cfg.rejection_samples, temperature=temperature,
                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + cfg.iteration, batch_size=cfg.batch_size)
-    del policy
+    del sampler
     previous = [d for path in cfg.previous for d in read_pool(path)]
     pool = merge_pools(previous, dialogs_of(result["best"]))
     if not pool:
@@ -329,10 +336,12 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
                          batch_size=cfg.finetune_batch, progress=cfg.run.progress))
 
     summary = rejection_summary(result, temperature, len(pool), len(previous), time.perf_counter() - started)
+    if cfg.sampler:
+        summary["effect"] = f"sampled by {cfg.sampler}: " + summary["effect"]
     summary["metrics"]["sampling_seconds"] = round(sampled_time, 2)
     write_summary(run.path, summary)
     write_json(run.path / "rewards.json", {"rewards": result["rewards"], "gold": result["gold"]})
-    run.update(outputs={"policy": str(path), "samples": len(pool)})
+    run.update(outputs={"policy": str(path), "samples": len(pool), "sampler": sampler_path})
     run.close("finished")
     return {"path": path, "run": run.path, "pool": pool, "summary": summary}
 
