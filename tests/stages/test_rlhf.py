@@ -40,6 +40,14 @@ def test_summary_table_and_figure_11_plot():
     assert plot["series"]["path"] == {"x": [0.2, 0.7], "y": [0.25, 0.75]}  # helpfulness vs 1 - violation
     assert "0.200 -> RLHF-V1 0.700" in summary["effect"] and "0.750 -> 0.250" in summary["effect"]
     assert "PPO KL 1.50" in summary["effect"] and "starting policy" not in summary["effect"]
+    # A control is compared with SFT only (it is no step after the last version) and plotted apart.
+    control = _version(stage.CONTROL, [0.1, 0.3, 0.5, 0.3], [1, 1, 0, 1])
+    with_control = stage.rlhf_summary(versions, rounds, 5.0, [control])
+    row = with_control["tables"][0]["rows"][-1]
+    assert row[:4] == [stage.CONTROL, 0.3, "+0.100 [+0.100, +0.100]", ""]
+    assert with_control["plots"][0]["series"]["path"] == plot["series"]["path"]
+    assert with_control["plots"][0]["series"][stage.CONTROL] == {"x": [0.3], "y": [0.25]}
+    assert f"{stage.CONTROL}: +0.100" in with_control["effect"]
     # Early stopping kept step 0: the KL reported is the kept policy's, and the line says so.
     rounds[0]["ppo"] = {"kl_final": 1.5, "kl_kept": 0.2, "best_step": 0, "kl_coef": 0.05}
     summary = stage.rlhf_summary(versions, rounds, 5.0)
@@ -63,7 +71,11 @@ def test_one_round_end_to_end(tiny, tmp_path):
                  "ppo.max_new_tokens=12", "ppo.eval_prompts=4", "ppo.eval_every=0", "run.progress=false"]
     result = stage.run_rlhf(tiny["lm"], tiny["world"], tmp_path / "rlhf", iterations=1, overrides=overrides)
     summary = json.loads((tmp_path / "rlhf" / "summary.json").read_text())
-    assert [row[0] for row in summary["tables"][0]["rows"]] == ["SFT", "RLHF-V1 (RS)", "RLHF-V1 (PPO)"]
+    assert [row[0] for row in summary["tables"][0]["rows"]] == ["SFT", "RLHF-V1 (RS)", "RLHF-V1 (PPO)", stage.CONTROL]
+    # The control scores the same samples (their gold rewards match) with the gold judge itself.
+    by_rms, control = (json.loads((tmp_path / "rlhf" / "round-1" / d / "rewards.json").read_text())
+                       for d in ("rejection", "rejection-gold-control"))
+    assert control["gold"] == by_rms["gold"] and control["rewards"] == control["gold"] != by_rms["rewards"]
     assert (tmp_path / "rlhf" / "round-1" / "reward" / "helpfulness").is_dir()
     assert (tmp_path / "rlhf" / "round-1" / "rejection" / "summary.json").exists()
     assert result["outputs"]["model"] == str(tmp_path / "rlhf" / "round-1" / "ppo")

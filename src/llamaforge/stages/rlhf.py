@@ -11,7 +11,8 @@ round, the kept samples of all earlier rounds), and from round `ppo_from` PPO on
 evaluated with the gold judges on held-out prompts (`eval.chat.chat_eval`): helpfulness,
 violation rate, false-refusal rate, with paired bootstrap intervals against the SFT model.
 summary.json holds the results table and the helpfulness-vs-harmlessness plot of the
-versions (the paper's Figure 11 layout).
+versions (the paper's Figure 11 layout). A control row beside them (`gold_control`): round 1's
+fine-tune on the gold judge's picks of the same samples, the most any reward model could give.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..generate import SamplingParams
 from ..report import write_json, write_summary
 from ..trainer import Run, RunConfig
 from .ppo import PPOConfig, ppo
-from .rejection import RejectionConfig, load_scorer, rejection, run_cli
+from .rejection import RejectionConfig, gold_scorer, load_scorer, rejection, run_cli
 
 STAGE = "rlhf"
 
@@ -63,6 +64,7 @@ class RLHFConfig:
     sft: str = ""  # the SFT model: the first policy, and the reward models' initialisation (SPEC §7)
     iterations: int = 2  # rounds V1..Vn (SPEC §8: 5)
     reward: Literal["rm", "gold"] = "rm"  # rm: the retrained reward models (the paper); gold: the gold judge as the reward, a ceiling run that skips the RMs
+    gold_control: bool = True  # also fine-tune round 1 on the gold judge's picks of the same samples and evaluate it (a control: the ceiling of any selector); the loop goes on from the RMs' picks
     ppo_from: int = 0  # first round that runs PPO after rejection sampling; 0 = the last round only (SPEC §8: V5)
     first_round_rms: list[str] = field(default_factory=list)  # [helpfulness RM, safety RM] already trained on the SFT model's pairs: round 1 uses them instead of retraining
     policy_pairs: int = 256  # fresh preference pairs per collection sampled from the latest model each round (first in the RMs' training mix)
@@ -139,7 +141,7 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
     versions = [evaluate("SFT", cfg.sft)]
     policy: str | Path = cfg.sft
     pools: list[str] = []
-    rounds = []
+    rounds, controls = [], []
     for i in range(1, cfg.iterations + 1):
         round_dir = run.path / f"round-{i}"
         round_started = time.perf_counter()
@@ -156,9 +158,13 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
             helpful_rm, safety_rm = rms["outputs"]["helpfulness"], rms["outputs"]["safety"]
         scorer = load_scorer(helpful_rm, safety_rm, safety_threshold=cfg.rejection.safety_threshold)
         progress = dataclasses.replace(cfg.rejection.run, progress=cfg.run.progress)
-        rs = rejection(dataclasses.replace(cfg.rejection, policy=str(policy), iteration=i, previous=list(pools),
-                                           helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed, run=progress),
-                       scorer=scorer, world=world, out_dir=round_dir / "rejection")
+        rs_cfg = dataclasses.replace(cfg.rejection, policy=str(policy), iteration=i, previous=list(pools),
+                                     helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed, run=progress)
+        rs = rejection(rs_cfg, scorer=scorer, world=world, out_dir=round_dir / "rejection")
+        if i == 1 and cfg.gold_control and cfg.reward != "gold":  # same seed: the same K samples, other picks
+            control = rejection(dataclasses.replace(rs_cfg, helpfulness_rm="gold", safety_rm=""), scorer=gold_scorer,
+                                world=world, out_dir=round_dir / "rejection-gold-control")
+            controls.append(evaluate(CONTROL, control["path"]))
         pools.append(str(rs["run"]))
         policy = rs["path"]
         versions.append(evaluate(f"RLHF-V{i}" + (" (RS)" if cfg.runs_ppo(i) else ""), policy))
@@ -177,8 +183,8 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
         rounds.append(info)
         run.log({"round": i, "seconds": info["seconds"]})
 
-    write_json(run.path / "versions.json", [{k: v for k, v in ver.items()} for ver in versions])
-    summary = rlhf_summary(versions, rounds, time.perf_counter() - started)
+    write_json(run.path / "versions.json", [{k: v for k, v in ver.items()} for ver in versions + controls])
+    summary = rlhf_summary(versions, rounds, time.perf_counter() - started, controls)
     write_summary(run.path, summary)
     run.update(outputs={"policy": str(policy)})
     run.close("finished")
@@ -197,9 +203,13 @@ def _kept_kl(ppo_metrics: dict) -> float:
     return ppo_metrics.get("kl_kept", ppo_metrics["kl_final"])
 
 
-def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> dict[str, Any]:
+CONTROL = "control: RLHF-V1 on the gold judge's picks"
+
+
+def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, controls: Sequence[dict] = ()) -> dict[str, Any]:
     """summary.json: the versions' gold-judged results with paired intervals against SFT and the
-    previous version, and helpfulness vs harmlessness (1 - violation rate) per version."""
+    previous version, and helpfulness vs harmlessness (1 - violation rate) per version. `controls`
+    (evaluated like versions, not steps of the loop) get rows below them, compared with SFT only."""
     sft = versions[0]
     columns = ["version", "helpfulness", "Δ vs SFT [95% CI]", "Δ vs previous [95% CI]", "violation rate",
                "Δ violation vs SFT [95% CI]", "false refusal", "parsed"]
@@ -208,10 +218,10 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
     def cell(d: dict | None) -> str:
         return "" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
-    for j, ver in enumerate(versions):
+    for j, ver in enumerate([*versions, *controls]):
         m = ver["metrics"]
         vs_sft = _difference(sft, ver, "helpfulness") if j else None
-        vs_prev = _difference(versions[j - 1], ver, "helpfulness") if j else None
+        vs_prev = _difference(versions[j - 1], ver, "helpfulness") if 0 < j < len(versions) else None
         viol = _difference(sft, ver, "violation") if j else None
         rows.append([ver["name"], round(m.get("helpfulness", 0.0), 4), cell(vs_sft), cell(vs_prev),
                      round(m.get("violation", 0.0), 4), cell(viol), round(m.get("false_refusal", 0.0), 4),
@@ -229,6 +239,8 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
               f"{final['metrics'].get('helpfulness', 0):.3f} ({cell(gain)}); violation rate "
               f"{sft['metrics'].get('violation', 0):.3f} -> {final['metrics'].get('violation', 0):.3f}; "
               f"false refusal {sft['metrics'].get('false_refusal', 0):.3f} -> {final['metrics'].get('false_refusal', 0):.3f}")
+    for control in controls:
+        effect += f"; {control['name']}: {cell(_difference(sft, control, 'helpfulness'))}"
     for r in rounds:
         if "ppo" in r:
             ppo, kl = r["ppo"], _kept_kl(r["ppo"])
@@ -241,7 +253,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float) -> di
             if r.get(name) is not None:
                 metrics[f"round-{r['round']}/{name}"] = r[name]
     harmless = {ver["name"]: {"x": [ver["metrics"].get("helpfulness", 0.0)],
-                              "y": [1.0 - ver["metrics"].get("violation", 0.0)]} for ver in versions}
+                              "y": [1.0 - ver["metrics"].get("violation", 0.0)]} for ver in [*versions, *controls]}
     path = {"x": [v["metrics"].get("helpfulness", 0.0) for v in versions],
             "y": [1.0 - v["metrics"].get("violation", 0.0) for v in versions]}
     plots = [{"title": "Evolution of the versions: gold helpfulness vs harmlessness (paper Figure 11 layout)",
