@@ -104,22 +104,27 @@ class _OneDNNLinears(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1])
         ctx.save_for_backward(rows, *weights)
         ctx.shape = x.shape
+        ctx.set_materialize_grads(False)  # an output that is not used gives its weight no gradient (None, as F.linear)
         return tuple(matmul(rows, w.t()).view(*x.shape[:-1], w.shape[0]) for w in weights)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the oneDNN op has no derivative of its own
     def backward(ctx, *grads):
         rows, *weights = ctx.saved_tensors
+        wanted = [i for i, grad in enumerate(grads) if grad is not None and ctx.needs_input_grad[1 + i]]
         rows_t = None  # x^T [in, N], copied once for every weight gradient (docstring)
-        if rows.shape[1] < sum(w.shape[0] for w in weights):
+        if wanted and rows.shape[1] < sum(weights[i].shape[0] for i in wanted):
             rows_t = rows.t().contiguous()
         grad_x, grad_ws = None, []
         for i, (grad, w) in enumerate(zip(grads, weights)):
+            if grad is None:
+                grad_ws.append(None)
+                continue
             grad = grad.reshape(-1, w.shape[0])
             if ctx.needs_input_grad[0]:
                 part = matmul(grad, w)
                 grad_x = part if grad_x is None else grad_x.add_(part)
-            if not ctx.needs_input_grad[1 + i]:
+            if i not in wanted:
                 grad_ws.append(None)
             elif rows_t is not None:
                 grad_ws.append(matmul(rows_t, grad).t())  # [in, out] -> its transpose, [out, in]
@@ -266,7 +271,8 @@ def projections(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[torch.Te
     fused = fused_rows_linear(x, linears)
     if fused is not None:
         return fused
-    if torch.is_grad_enabled() and (x.requires_grad or any(m.weight.requires_grad for m in linears)):
+    if (torch.is_grad_enabled() and (x.requires_grad or any(m.weight.requires_grad for m in linears))
+            and all(m.bias is None for m in linears)):
         return shared_input_linear(x, [m.weight for m in linears])
     return tuple(m(x) for m in linears)
 

@@ -292,10 +292,13 @@ def test_cpu_fp32_matmuls_match_torch_with_gradients(cpu_matmuls):
     assert torch.allclose(cpu_kernels.matmul(a.t().contiguous().t(), b.t().contiguous().t()), a @ b, atol=1e-5)
 
 
-@pytest.mark.parametrize("outs", [(16, 4, 4), (6,), (3, 2)])  # in 8: x^T shared; x^T alone; each g^T
+@pytest.mark.parametrize("outs", [(16, 4, 4), (6,), (3, 2), (4, 16, 2)])  # in 8: x^T shared; x^T alone; each g^T; the frozen 16 does not count
 def test_projections_sharing_an_input_give_torchs_values_and_gradients(cpu_matmuls, outs, monkeypatch):
     """`shared_input_linear` (the q/k/v and w1/w3 projections in training) against F.linear,
-    with one weight frozen; where x^T is copied for the weight gradients, it is copied once."""
+    with one weight frozen; where x^T is copied for the weight gradients, it is copied once,
+    and an output left unused gives its weight no gradient (None, as F.linear)."""
+    if cpu_matmuls != "onednn":
+        pytest.skip("without oneDNN shared_input_linear is F.linear itself")
     torch.manual_seed(0)
     x = torch.randn(3, 5, 8, requires_grad=True)
     weights = [torch.randn(o, 8, requires_grad=i != 1) for i, o in enumerate(outs)]
@@ -309,9 +312,14 @@ def test_projections_sharing_an_input_give_torchs_values_and_gradients(cpu_matmu
     expected = torch.autograd.grad(sum((o * p).sum() for o, p in zip(want, probes)), [x, weights[0]])
     for a, b in zip((*got, *grads), (*want, *expected)):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
-    if cpu_matmuls == "onednn":
-        transposed_x = {id(a) for a in left if a.shape == (8, 15)}
-        assert len(transposed_x) == (1 if 8 < sum(outs) else 0)
+    transposed_x = {id(a) for a in left if a.shape == (8, 15)}
+    assert len(transposed_x) == (1 if 8 < sum(o for i, o in enumerate(outs) if i != 1) else 0)
+
+    got = cpu_kernels.shared_input_linear(x, weights)
+    (got[0] * probes[0]).sum().backward()
+    want = torch.autograd.grad((F.linear(x, weights[0]) * probes[0]).sum(), weights[0])[0]
+    assert torch.allclose(weights[0].grad, want, atol=1e-5)
+    assert all(w.grad is None for w in weights[1:])
 
 
 def test_cpu_matmul_edge_cases(cpu_matmuls):

@@ -335,7 +335,8 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
     path = Path(finetune(cfg.policy, pool, run.path / "policy", train=cfg.train, epochs=cfg.epochs,
                          batch_size=cfg.finetune_batch, progress=cfg.run.progress))
 
-    summary = rejection_summary(result, temperature, len(pool), len(previous), time.perf_counter() - started)
+    summary = rejection_summary(result, temperature, len(pool), len(previous), time.perf_counter() - started,
+                                scorer_name="gold" if cfg.helpfulness_rm == "gold" else "RM")
     if cfg.sampler:
         summary["effect"] = f"sampled by {cfg.sampler}: " + summary["effect"]
     summary["metrics"]["sampling_seconds"] = round(sampled_time, 2)
@@ -350,7 +351,8 @@ def _agreement(value: float | None) -> str:
     return "" if value is None else f" (the scorer orders sample pairs as the gold judge does {value:.0%} of the time)"
 
 
-def rejection_summary(result: dict, temperature: float, pool_size: int, previous: int, seconds: float) -> dict:
+def rejection_summary(result: dict, temperature: float, pool_size: int, previous: int, seconds: float, *,
+                      scorer_name: str = "RM") -> dict:
     """summary.json: the max-vs-median curve, gold of kept vs all samples, the pool's size."""
     curve = result["curve"]
     all_gold = [g for row in result["gold"] for g in row]
@@ -364,12 +366,12 @@ def rejection_summary(result: dict, temperature: float, pool_size: int, previous
         "pool": pool_size, "pool_from_earlier_rounds": previous,
         "scorer_gold_agreement": pairwise_agreement(result["rewards"], result["gold"]),
     }
-    effect = (f"best of {K} at T={temperature}: RM reward median {curve['median'][-1]:.3f} -> max {curve['max'][-1]:.3f}; "
+    effect = (f"best of {K} at T={temperature}: {scorer_name} reward median {curve['median'][-1]:.3f} -> max {curve['max'][-1]:.3f}; "
               f"gold reward of samples {metrics['gold/all_samples']:.3f} -> kept {metrics['gold/kept']:.3f}"
               f"{_agreement(metrics['scorer_gold_agreement'])}; "
               f"fine-tuned on {pool_size} dialogs")
     plots = [{"title": "Rejection sampling: max and median reward over K samples (paper Figure 7)", "kind": "line",
-              "xlabel": "samples per prompt (K)", "ylabel": "reward (RM, probability)",
+              "xlabel": "samples per prompt (K)", "ylabel": f"reward ({scorer_name}, probability)",
               "series": {"max": {"x": curve["k"], "y": curve["max"]}, "median": {"x": curve["k"], "y": curve["median"]}}}]
     tables = [{"title": "Scorer vs gold judge by prompt group: gold reward of all samples and of the kept ones "
                         "(a scorer that knows nothing keeps the average)",
