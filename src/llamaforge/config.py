@@ -280,7 +280,7 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None, *, prog: str, descriptio
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of keys; key=value arguments override it")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return load_config(cls, args.config, args.overrides)
     except ConfigError as e:

@@ -123,3 +123,10 @@ def test_parse_cli_exits_with_a_message_on_bad_keys(capsys):
     assert e.value.code == 2
     assert "unknown config key 'wat'" in capsys.readouterr().err
     assert parse_cli(Outer, ["inner.lr=1"], prog="x", description="d").inner.lr == 1.0
+
+
+def test_parse_cli_takes_overrides_before_and_after_the_config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: from-file\ninner:\n  steps: 7\n")
+    cfg = parse_cli(Outer, ["dim=8", "--config", str(path), "inner.lr=1", "compile=true"], prog="x", description="d")
+    assert (cfg.dim, cfg.name, cfg.inner.steps, cfg.inner.lr, cfg.compile) == (8, "from-file", 7, 1.0, True)
