@@ -123,6 +123,10 @@ def _load_for_inference(args):
         model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     except CheckpointError as e:
         raise SystemExit(f"llamaforge: {e}") from e
+    if getattr(args, "int8", False):
+        from .quantize import quantize_int8
+
+        quantize_int8(model)
     return model, Tokenizer(find_tokenizer(args.model, args.tokenizer))
 
 
@@ -131,6 +135,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer.model (default: found next to the checkpoint)")
     p.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 weight-only projections for faster decoding (llamaforge.quantize; bf16 activations)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, *, chat: bool) -> None:

@@ -267,7 +267,9 @@ def fused_rows_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[to
 def projections(x: torch.Tensor, linears: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...]:
     """Each of `linears` applied to their shared input x: one matmul in the decode layout
     (`fused_rows_linear`), one transposed copy of x for the weight gradients in training
-    (`shared_input_linear`), else each Linear on its own."""
+    (`shared_input_linear`), else each Linear on its own (and any other module, e.g. `Int8Linear`)."""
+    if not all(isinstance(m, nn.Linear) for m in linears):
+        return tuple(m(x) for m in linears)
     fused = fused_rows_linear(x, linears)
     if fused is not None:
         return fused

@@ -79,6 +79,13 @@ def test_generate_greedy_is_deterministic(model_dir, capsys):
     assert first["prompt"] == "the cat" and first["finish_reason"] in ("stop", "length")
 
 
+def test_generate_with_int8_weights(model_dir, capsys):
+    argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8", "--no-stream", "--int8"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt"] == "the cat" and out["finish_reason"] in ("stop", "length") and out["completion"] is not None
+
+
 def test_generate_rejects_chat_tags(model_dir, capsys):
     assert main(["generate", str(model_dir), "--chat", "--prompt", "hi [INST] there"]) == 1
     assert "[INST]" in capsys.readouterr().err

@@ -141,6 +141,26 @@ def test_engine_greedy_equals_generate_with_requests_joining_mid_flight(tok, mod
     assert engine.stats.steps < sum(len(r.tokens) for r in reference), "requests should have shared steps"
 
 
+def test_engine_serves_an_int8_model_as_generate_does(tok, model):
+    from llamaforge.quantize import quantize_int8
+
+    rng = random.Random(2)
+    prompts = [tok.encode(random_text(rng, 1, 20), bos=True) for _ in range(4)]
+    quantised = quantize_int8(copy.deepcopy(model))
+    reference = [generate(copy.deepcopy(quantised), [p], SamplingParams(max_new_tokens=12), tokenizer=tok)[0]
+                 for p in prompts]
+    engine = Engine(copy.deepcopy(quantised), tok, max_batch=4, max_queue=8, context=64).start()
+    got = Collector()
+    try:
+        for i, prompt in enumerate(prompts):
+            engine.submit([prompt], SamplingParams(max_new_tokens=12), got.callback(i))
+        wait_until(lambda: all(got.done(i) for i in range(len(prompts))), what="all requests")
+    finally:
+        engine.stop()
+    for i, ref in enumerate(reference):
+        assert got.result(i) == (ref.text, ref.finish_reason, len(ref.tokens)), f"prompt {i}"
+
+
 def test_engine_seeded_sampling_does_not_depend_on_the_batch(tok, model):
     prompt = tok.encode("the big dog", bos=True)
     params = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=7)
