@@ -202,6 +202,9 @@ def save_state_dict(
     tokenizer_path: str | os.PathLike | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
+    if any(k.endswith(".weight_int8") for k in state):
+        raise CheckpointError("this model is int8-quantised (llamaforge.quantize), and checkpoints hold float "
+                              "weights: save it before quantize_int8, and quantise again after loading")
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     path = Path(path)

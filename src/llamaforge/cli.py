@@ -136,7 +136,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--int8", action="store_true",
-                   help="int8 weight-only projections for faster decoding (llamaforge.quantize; bf16 activations)")
+                   help="int8 weight-only projections: faster decoding on CPU (llamaforge.quantize; bf16 activations)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, *, chat: bool) -> None:

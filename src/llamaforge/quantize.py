@@ -11,12 +11,13 @@ a [4096 x 4096] projection for one token in ~0.3 ms on 2 CPU cores where the fp3
 ~2.3 ms (benchmarks/int8_decode.py measures whole models). The embedding and the output layer
 stay in the model's dtype: the logits are what sampling reads, and the rest of the package
 (training, the KV cache, the server) reads `model.output.weight`. A quantised model is for
-inference only; `benchmarks/int8_decode.py` reports its perplexity change.
+inference only (training it, or saving it with `save_model`, is an error: quantise after
+loading); `benchmarks/int8_decode.py` reports its perplexity change. The kernel serves CPUs and
+input widths that are a multiple of 16 (it reads past the end of other rows); elsewhere the
+weight is dequantised on every call: right, but not faster.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import nn
@@ -29,18 +30,28 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float weight -> (int8 [out, in], fp32 scale [out]) with weight ≈ scale[:, None] * q."""
     w = weight.detach().float()
     scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-    return torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8), scales
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scales  # the kernel wants a dense [out, in] (a decode-layout weight is transposed)
 
 
-@functools.lru_cache(maxsize=None)
+KERNEL_WIDTH = 16  # the kernel's input width must be a multiple of this (it reads past the end otherwise)
+_kernel_works: dict[str, bool] = {}  # device type -> probed once (a dict, not a cache: torch.compile reads it)
+
+
 def int8_kernel_works(device_type: str) -> bool:
-    """Whether torch's int8 weight-only matmul runs (and is right) on this device type."""
+    """Whether torch's int8 weight-only matmul serves this device type: CPUs, where it runs and
+    is right (elsewhere its kernel is no faster than dequantising)."""
+    if device_type not in _kernel_works:
+        _kernel_works[device_type] = device_type == "cpu" and _probe_kernel()
+    return _kernel_works[device_type]
+
+
+def _probe_kernel() -> bool:
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(3, 64, generator=g), torch.randn(32, 64, generator=g)
     q, scales = quantize_weight(w)
     try:
-        got = torch._weight_int8pack_mm(x.to(device_type, torch.bfloat16), q.to(device_type),
-                                        scales.to(device_type, torch.bfloat16)).float().cpu()
+        got = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales.to(torch.bfloat16)).float()
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return torch.allclose(got, x @ (q.float() * scales[:, None]).t(), rtol=3e-2, atol=3e-2)
@@ -55,15 +66,29 @@ class Int8Linear(nn.Module):
         q, scales = quantize_weight(weight)
         self.register_buffer("weight_int8", q.to(weight.device))
         self.register_buffer("scales", scales.to(weight.device))
+        # The kernel's bf16 copy: a buffer, so that a compiled step reads it (a cast inside
+        # the step is a pointwise input, which inductor's lowering of the kernel rejects).
         self.register_buffer("scales_bf16", scales.to(weight.device, torch.bfloat16), persistent=False)
+        self.use_kernel = self.in_features % KERNEL_WIDTH == 0
+        self.train(False)
+        int8_kernel_works(weight.device.type)  # probed here, outside any compiled step
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.scales_bf16.copy_(self.scales)  # the kernel reads the loaded scales
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.weight_int8.to(torch.float32) * self.scales[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("int8-quantised layers are for inference only; train the model before quantize_int8")
         rows = x.reshape(-1, self.in_features)
-        if int8_kernel_works(x.device.type):
-            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8, self.scales_bf16)
+        if self.use_kernel and int8_kernel_works(x.device.type):
+            scales = self.scales_bf16
+            if scales.dtype != torch.bfloat16:  # the model was cast (.half(), .float()) after quantising
+                scales = self.scales.to(torch.bfloat16)
+            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8, scales)
         else:  # correct everywhere, but it materialises the weight on every call
             out = rows @ self.dequantized(rows.dtype).t()
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)

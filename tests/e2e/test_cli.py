@@ -79,9 +79,14 @@ def test_generate_greedy_is_deterministic(model_dir, capsys):
     assert first["prompt"] == "the cat" and first["finish_reason"] in ("stop", "length")
 
 
-def test_generate_with_int8_weights(model_dir, capsys):
+def test_generate_with_int8_weights(model_dir, capsys, monkeypatch):
+    from llamaforge import quantize
+
+    quantised = []
+    monkeypatch.setattr(quantize, "quantize_int8", lambda m, real=quantize.quantize_int8: quantised.append(real(m)) or m)
     argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8", "--no-stream", "--int8"]
     assert main(argv) == 0
+    assert len(quantised) == 1 and isinstance(quantised[0].layers[0].attention.wq, quantize.Int8Linear)
     out = json.loads(capsys.readouterr().out)
     assert out["prompt"] == "the cat" and out["finish_reason"] in ("stop", "length") and out["completion"] is not None
 

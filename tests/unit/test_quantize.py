@@ -1,5 +1,7 @@
 """Int8 weight-only quantisation: the rounding bound per element, the layer against its
-dequantised weight, the model against fp32, and the CLI flag."""
+dequantised weight (on the kernel and off it: input widths it cannot take, transposed weights,
+dtype casts, a reloaded state), the model against fp32, and the errors for training and saving.
+The CLI flag and the server are tested in tests/e2e."""
 
 from __future__ import annotations
 
@@ -57,3 +59,41 @@ def test_a_quantised_model_stays_close_to_fp32_and_generates():
         quantize.quantize_int8(quantised)
     with pytest.raises(ValueError, match="Transformer"):
         quantize.quantize_int8(nn.Linear(4, 4))
+
+
+def test_widths_the_kernel_cannot_take_transposed_weights_casts_and_reloads_stay_right():
+    torch.manual_seed(0)
+    for width in (40, 24, 64):  # the kernel reads past the end of rows not a multiple of 16
+        layer = quantize.Int8Linear(torch.randn(32, width))
+        x = torch.randn(3, width)
+        want = x @ layer.dequantized().t()
+        assert layer.use_kernel == (width % quantize.KERNEL_WIDTH == 0)
+        assert torch.allclose(layer(x), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    transposed = torch.randn(64, 48).t()  # a decode-layout weight: [out, in] stored as [in, out]
+    layer = quantize.Int8Linear(transposed)
+    x = torch.randn(2, 64)
+    assert torch.allclose(layer(x), x @ layer.dequantized().t(), rtol=2e-2, atol=0.1)
+    other = quantize.Int8Linear(torch.randn(48, 64) * 5)
+    other.load_state_dict(layer.state_dict())  # the scales the kernel reads are the loaded ones
+    assert torch.allclose(other(x), layer(x))
+    assert torch.allclose(layer.half()(x.half()).float(), layer.float()(x), rtol=2e-2, atol=0.1)
+
+
+def test_a_quantised_model_refuses_training_and_saving(tmp_path):
+    from llamaforge.checkpoint import CheckpointError, save_model
+
+    model = quantize.quantize_int8(Transformer(ModelArgs.from_preset("tiny")))
+    with pytest.raises(CheckpointError, match="quantise again after loading"):
+        save_model(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model.train()
+    with pytest.raises(RuntimeError, match="inference only"):
+        model(torch.randint(0, 512, (1, 4)))
+
+
+def test_compiled_decoding_of_a_quantised_model_gives_the_eager_tokens():
+    torch.manual_seed(0)
+    model = quantize.quantize_int8(Transformer(ModelArgs.from_preset("tiny")))
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    eager = generate(copy.deepcopy(model), [[1, 2, 3]], params, eos_id=-1)[0].tokens
+    assert generate(model, [[1, 2, 3]], params, eos_id=-1, compile=True)[0].tokens == eager
