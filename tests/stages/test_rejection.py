@@ -72,6 +72,17 @@ def test_reward_model_scorer_is_the_piecewise_reward():
     scorer = stage.reward_model_scorer(Fixed([1.0, 1.0, 1.0]), Fixed([2.0, 0.0, -3.0]), tokenizer=None)
     s = torch.sigmoid(torch.tensor([2.0, 1.0, -3.0])).tolist()
     assert scorer(records, ["x", "y", "z"]) == pytest.approx(s)
+    # Each RM reads the replies through its own tokenizer.
+    seen = []
+
+    class Recording(Fixed):
+        def score(self, tokenizer, dialogs, replies, batch_size=32):
+            seen.append(tokenizer)
+            return super().score(tokenizer, dialogs, replies, batch_size)
+
+    stage.reward_model_scorer(Recording([1.0] * 3), Recording([2.0] * 3), "helpful-tok",
+                              safety_tokenizer="safety-tok")(records, ["x", "y", "z"])
+    assert seen == ["helpful-tok", "safety-tok"]
     only_helpful = stage.reward_model_scorer(Fixed([1.0, 0.0, -1.0]), None, tokenizer=None)
     assert only_helpful(records, ["x", "y", "z"]) == pytest.approx(torch.sigmoid(torch.tensor([1.0, 0.0, -1.0])).tolist())
 

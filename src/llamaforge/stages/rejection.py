@@ -60,17 +60,19 @@ def gold_scorer(records: Sequence[dict], replies: Sequence[str]) -> list[float]:
 
 
 def reward_model_scorer(helpfulness_rm, safety_rm, tokenizer, *, safety_threshold: float = 0.15,
-                        batch_size: int = 32) -> Scorer:
+                        batch_size: int = 32, safety_tokenizer=None) -> Scorer:
     """Rc of SPEC §8 from the two reward models: σ(safety score) on safety prompts and whenever it
     is below `safety_threshold` (0.15, SPEC §8), else σ(helpfulness score). Without a safety RM,
-    σ(helpfulness score)."""
+    σ(helpfulness score). Each RM reads the text through its own tokenizer (`safety_tokenizer`:
+    the safety RM's, when it differs from the helpfulness RM's `tokenizer`)."""
+    safety_tokenizer = safety_tokenizer or tokenizer
 
     def score(records: Sequence[dict], replies: Sequence[str]) -> list[float]:
         dialogs = [record_dialog(r) for r in records]
         helpful = torch.sigmoid(helpfulness_rm.score(tokenizer, dialogs, replies, batch_size=batch_size))
         if safety_rm is None:
             return helpful.tolist()
-        safety = torch.sigmoid(safety_rm.score(tokenizer, dialogs, replies, batch_size=batch_size))
+        safety = torch.sigmoid(safety_rm.score(safety_tokenizer, dialogs, replies, batch_size=batch_size))
         is_safety = torch.tensor([judges.is_safety_prompt(r) for r in records])
         return piecewise_reward(safety, helpful, is_safety, safety_threshold).tolist()
 
@@ -87,8 +89,9 @@ def load_scorer(helpfulness_rm: str, safety_rm: str = "", *, safety_threshold: f
     from .reward import load_reward_model
 
     helpful, tokenizer = load_reward_model(helpfulness_rm)
-    safety = load_reward_model(safety_rm)[0] if safety_rm else None
-    return reward_model_scorer(helpful, safety, tokenizer, safety_threshold=safety_threshold)
+    safety, safety_tokenizer = load_reward_model(safety_rm) if safety_rm else (None, None)
+    return reward_model_scorer(helpful, safety, tokenizer, safety_threshold=safety_threshold,
+                               safety_tokenizer=safety_tokenizer)
 
 
 def policy_tokenizer(policy: str | Path):
