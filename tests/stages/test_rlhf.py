@@ -76,7 +76,6 @@ def test_one_round_end_to_end(tiny, tmp_path):
     by_rms, control = (json.loads((tmp_path / "rlhf" / "round-1" / d / "rewards.json").read_text())
                        for d in ("rejection", "rejection-gold-control"))
     assert control["gold"] == by_rms["gold"] and control["rewards"] == control["gold"] != by_rms["rewards"]
-    assert not any("gold control" in w for w in summary["warnings"])
     assert (tmp_path / "rlhf" / "round-1" / "reward" / "helpfulness").is_dir()
     assert (tmp_path / "rlhf" / "round-1" / "rejection" / "summary.json").exists()
     assert result["outputs"]["model"] == str(tmp_path / "rlhf" / "round-1" / "ppo")

@@ -119,16 +119,19 @@ def sample_k(model, tokenizer, records: Sequence[dict], k: int, params: Sampling
 
 
 def best_of_k(model, tokenizer, records: Sequence[dict], scorer: Scorer, *, k: int, temperature: float,
-              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+              max_new_tokens: int = 64, seed: int = 0, batch_size: int = 32,
+              samples: Sequence[Sequence[Any]] | None = None) -> dict[str, Any]:
     """Sample K replies per record, score them, keep the best.
 
     A reply cut by the length cap (no EOS) is not a finished answer: it only wins when no
     sample of its prompt finished. Returns {"best": [{"record", "reply", "reward", "gold"}],
     "rewards": [[K floats]] (of finished replies, -inf otherwise), "gold": [[K floats]],
-    "curve": max-vs-median reward over K}.
+    "curve": max-vs-median reward over K, "samples": the K completions of each record}.
+    `samples` (an earlier call's) are scored again instead of drawing new ones.
     """
-    params = SamplingParams(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    samples = sample_k(model, tokenizer, records, k, params, batch_size=batch_size)
+    if samples is None:
+        params = SamplingParams(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
+        samples = sample_k(model, tokenizer, records, k, params, batch_size=batch_size)
     flat_records = [r for r in records for _ in range(k)]
     flat_replies = [c.text or "" for group in samples for c in group]
     rewards = scorer(flat_records, flat_replies)
@@ -143,7 +146,8 @@ def best_of_k(model, tokenizer, records: Sequence[dict], scorer: Scorer, *, k: i
                      "gold": gold[i * k + pick], "finished": finished[pick]})
         reward_rows.append(row)
         gold_rows.append(gold[i * k : (i + 1) * k])
-    return {"best": best, "rewards": reward_rows, "gold": gold_rows, "curve": max_median_curve(reward_rows)}
+    return {"best": best, "rewards": reward_rows, "gold": gold_rows, "curve": max_median_curve(reward_rows),
+            "samples": samples}
 
 
 def max_median_curve(rewards: Sequence[Sequence[float]]) -> dict[str, list[float]]:
@@ -298,9 +302,11 @@ def read_prompts(path: str | Path) -> list[dict]:
     return rows
 
 
-def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None, out_dir: str | Path | None = None) -> dict:
-    """One round of rejection sampling as `cfg` says; `scorer` replaces the RMs named in `cfg`.
-    Returns {"path": the fine-tuned policy folder, "run", "pool": kept dialogs, "summary"}."""
+def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None, out_dir: str | Path | None = None,
+              samples: Sequence[Sequence[Any]] | None = None) -> dict:
+    """One round of rejection sampling as `cfg` says; `scorer` replaces the RMs named in `cfg`, and
+    `samples` (an earlier round's "samples", same config) are picked from instead of sampling again.
+    Returns {"path": the fine-tuned policy folder, "run", "pool": kept dialogs, "summary", "samples"}."""
     from ..checkpoint import load_model
     from .sft import finetune
 
@@ -322,10 +328,11 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
             world = World.generate(seed=cfg.world_seed, size=cfg.world_size)
         records = training_prompts(world, cfg.prompts, cfg.seed + cfg.iteration)
 
-    sampler = load_model(sampler_path)
+    sampler = load_model(sampler_path) if samples is None else None
     temperature = cfg.temperature()
     result = best_of_k(sampler, tokenizer, records, scorer, k=cfg.rejection_samples, temperature=temperature,
-                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + cfg.iteration, batch_size=cfg.batch_size)
+                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + cfg.iteration, batch_size=cfg.batch_size,
+                       samples=samples)
     del sampler
     previous = [d for path in cfg.previous for d in read_pool(path)]
     pool = merge_pools(previous, dialogs_of(result["best"]))
@@ -347,7 +354,7 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
     write_json(run.path / "rewards.json", {"rewards": result["rewards"], "gold": result["gold"]})
     run.update(outputs={"policy": str(path), "samples": len(pool), "sampler": sampler_path})
     run.close("finished")
-    return {"path": path, "run": run.path, "pool": pool, "summary": summary}
+    return {"path": path, "run": run.path, "pool": pool, "summary": summary, "samples": result["samples"]}
 
 
 def _agreement(value: float | None) -> str:

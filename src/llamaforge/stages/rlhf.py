@@ -18,7 +18,6 @@ fine-tune on the gold judge's picks of the same samples, the most any reward mod
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import sys
 import time
@@ -162,22 +161,17 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
         rs_cfg = dataclasses.replace(cfg.rejection, policy=str(policy), iteration=i, previous=list(pools),
                                      helpfulness_rm=helpful_rm, safety_rm=safety_rm, seed=cfg.seed, run=progress)
         rs = rejection(rs_cfg, scorer=scorer, world=world, out_dir=round_dir / "rejection")
-        warnings = []
         if i == 1 and cfg.gold_control and cfg.reward != "gold" and not cfg.rejection.prompt_file:
-            # The same seed draws the same K samples (user prompts have no gold answers to judge by).
+            # The same K samples, picked by the gold judge (user prompts have no gold answers to judge by).
             control = rejection(dataclasses.replace(rs_cfg, helpfulness_rm="gold", safety_rm=""), scorer=gold_scorer,
-                                world=world, out_dir=round_dir / "rejection-gold-control")
+                                world=world, out_dir=round_dir / "rejection-gold-control", samples=rs["samples"])
             controls.append(evaluate(CONTROL, control["path"]))
-            if _sample_golds(control["run"]) != _sample_golds(rs["run"]):
-                warnings.append("the gold control drew other samples than round 1 (decoding was not reproducible): "
-                                "its row compares other replies")
         pools.append(str(rs["run"]))
         policy = rs["path"]
         versions.append(evaluate(f"RLHF-V{i}" + (" (RS)" if cfg.runs_ppo(i) else ""), policy))
         info = {"round": i, "rm_accuracy/helpfulness": rms["metrics"].get("helpfulness/accuracy"),
                 "rm_accuracy/helpfulness_policy": rms["metrics"].get("helpfulness/accuracy/helpful (policy samples)"),
-                "rm_accuracy/safety": rms["metrics"].get("safety/accuracy"), "rs": rs["summary"]["metrics"],
-                "warnings": warnings}
+                "rm_accuracy/safety": rms["metrics"].get("safety/accuracy"), "rs": rs["summary"]["metrics"]}
         if cfg.runs_ppo(i):
             trained = ppo(dataclasses.replace(cfg.ppo, policy=str(policy), helpfulness_rm=helpful_rm, safety_rm=safety_rm,
                                               seed=cfg.seed + i, run=dataclasses.replace(cfg.ppo.run, progress=cfg.run.progress)),
@@ -196,11 +190,6 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
     run.update(outputs={"policy": str(policy)})
     run.close("finished")
     return {"path": Path(policy), "run": run.path, "summary": summary, "versions": versions}
-
-
-def _sample_golds(rejection_run: Path) -> list:
-    """The gold reward of every sample of a rejection sampling run (its rewards.json)."""
-    return json.loads((Path(rejection_run) / "rewards.json").read_text())["gold"]
 
 
 def _difference(before: dict, after: dict, metric: str) -> dict[str, float] | None:
@@ -281,4 +270,4 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
               {"title": "Rounds", "columns": ["round", "helpfulness RM acc", "on policy samples", "safety RM acc", "RS median reward",
                                               "RS max reward", "RS gold, all samples", "RS gold, kept", "RS scorer-gold agreement", "RS pool", "PPO KL", "seconds"], "rows": round_rows}]
     return {"stage": STAGE, "effect": effect, "seconds": round(seconds, 2), "metrics": metrics, "tables": tables,
-            "plots": plots, "warnings": [w for r in rounds for w in (*r.get("warnings", []), *r.get("ppo_warnings", []))]}
+            "plots": plots, "warnings": [w for r in rounds for w in r.get("ppo_warnings", [])]}
