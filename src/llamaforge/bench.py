@@ -12,11 +12,15 @@ Medians are reported, with the ratio to transformers measured in the same run.
   fresh subprocess per model; GPU: the allocator's peak);
 - generation (greedy, KV cache on both, `generate` on both): time to first token at batch 1,
   prefill tokens/s at batch 8, decode tokens/s at batch 1 and 8, taken as
-  (new tokens - 1) / (time for all new tokens - time for the first).
+  (new tokens - 1) / (time for all new tokens - time for the first); each decode row also
+  gives its share of the memory-bandwidth bound (weight bytes per step / the read bandwidth
+  measured in the same run).
 
     llamaforge bench --quick                      # stories15M, a few minutes on 2 CPU cores
     llamaforge bench --configs stories15M gqa 110M --compile --out results.md
-    llamaforge bench --device cuda --configs 7B   # random 7B-shaped weights, bf16
+    llamaforge bench --device cuda --configs 7B   # random 7B-shaped weights, bf16 decode
+    llamaforge bench --device cuda --configs 1B --suites train --compile   # ~1B bf16 training MFU
+    benchmarks/gpu_check.sh                       # all GPU checks, within one device lease
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class BenchConfig:
     new_tokens: int = 128  # generated per prompt
     gpu_only: bool = False
     train: bool = True
+    checkpointing: bool = True  # also time a run with activation checkpointing (another model copy in memory)
     precisions: tuple[str, ...] = ("fp32", "bf16")  # those it runs in, of the ones asked for
 
     def args(self) -> ModelArgs:
@@ -66,6 +71,14 @@ CONFIGS = {
     "7B": BenchConfig(
         "7B", dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, max_seq_len=4096),
         batch=1, seq_len=2048, prompt_len=512, new_tokens=128, gpu_only=True, train=False, precisions=("bf16",),
+    ),
+    # ~1B parameters (dim 2048, 16 layers, FFN 5632, vocab 32000: 0.95B) for GPU training MFU in bf16
+    # with flash attention and compile. Each timed variant holds fp32 weights, gradients and AdamW
+    # state (15 GB), so the activation-checkpointing copy is left out.
+    "1B": BenchConfig(
+        "1B", dict(dim=2048, n_layers=16, n_heads=16, multiple_of=256, max_seq_len=2048),
+        batch=4, seq_len=2048, prompt_len=512, new_tokens=128, gpu_only=True, checkpointing=False,
+        precisions=("bf16",),
     ),
     # For tests of this module: seconds on any machine.
     "tiny": BenchConfig(
@@ -415,9 +428,38 @@ def generation_candidates(ours: Transformer, hf, *, compile: bool) -> dict[str, 
     return fns
 
 
-def bench_generation(cfg, timer: Timer, dtype, *, compile: bool) -> list[dict[str, Any]]:
+def decode_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every parameter except the token embedding
+    table, of which it reads one row per sequence (a tied output layer reads it all)."""
+    embedding = getattr(model, "tok_embeddings", None)
+    skip = {id(embedding.weight)} if embedding is not None and embedding.weight is not model.output.weight else set()
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+
+
+def memory_read_bandwidth(device: torch.device, nbytes: int | None = None, trials: int = 5) -> float:
+    """Best achieved bytes/s reading one large tensor (a sum over it: 512 MiB on CPU, 4 GiB on a
+    GPU, far past any cache). The ceiling of batch-1 decoding, which reads every weight once a
+    step: the decode rows report tokens/s against weight bytes per token / this rate."""
+    nbytes = nbytes or (512 << 20 if device.type == "cpu" else 4 << 30)
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    x.sum()
+    best = float("inf")
+    for _ in range(trials):
+        _sync(device)
+        start = time.perf_counter()
+        x.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: float | None = None) -> list[dict[str, Any]]:
+    """Prefill, decode and time-to-first-token rows; with `bandwidth` (bytes/s), decode rows also
+    carry `bandwidth_bound`: steps/s x weight bytes per step / bandwidth (1.0 = reading the
+    weights at the measured rate is all a step does)."""
     device = timer.device
     ours, hf = build_pair(cfg, device, dtype)
+    weight_bytes = decode_weight_bytes(ours)
     fns = generation_candidates(ours, hf, compile=compile)
     vocab, P, N = cfg.args().vocab_size, cfg.prompt_len, cfg.new_tokens
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -436,8 +478,11 @@ def bench_generation(cfg, timer: Timer, dtype, *, compile: bool) -> list[dict[st
             if b == 1:
                 first_tokens[name] = t1
             rows.append({"config": cfg.name, "what": f"prefill {what} b{b}", "impl": name, "tokens_per_s": b * P / t1})
-            rows.append({"config": cfg.name, "what": f"decode {what} b{b}", "impl": name,
-                         "tokens_per_s": b * (N - 1) / max(tn - t1, 1e-9)})
+            decode = {"config": cfg.name, "what": f"decode {what} b{b}", "impl": name,
+                      "tokens_per_s": b * (N - 1) / max(tn - t1, 1e-9)}
+            if bandwidth:
+                decode["bandwidth_bound"] = decode["tokens_per_s"] / b * weight_bytes / bandwidth
+            rows.append(decode)
     for name, t in first_tokens.items():
         rows.append({"config": cfg.name, "what": f"time to first token {what} b1 (ms)", "impl": name, "ms": 1e3 * t})
     for what_ in sorted({r["what"] for r in rows}):
@@ -508,9 +553,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f"Matmul peak measured in this run: {peaks}. Load average (1 min) at start "
                  f"{env.get('load_average_start', '?')}, at end {env.get('load_average_end', '?')}; rounds that "
                  f"started while other processes kept the CPUs busy: {env.get('rounds_under_load', '?')}. "
-                 f"Medians of {report['repeats']} alternating repetitions.")
+                 f"Medians of {report['repeats']} alternating repetitions."
+                 + (f" Memory read bandwidth measured in this run: {report['memory_bandwidth'] / 1e9:,.0f} GB/s; a decode "
+                    "row's \"of bound\" is its steps/s x weight bytes per step / that bandwidth."
+                    if report.get("memory_bandwidth") else ""))
     lines.append("")
-    lines.append("| config | measurement | implementation | value | vs transformers | MFU | note |")
+    lines.append("| config | measurement | implementation | value | vs transformers | MFU / of bound | note |")
     lines.append("|---|---|---|---|---|---|---|")
     for r in report["rows"]:
         if r["impl"] == "note":
@@ -523,7 +571,8 @@ def markdown(report: dict[str, Any]) -> str:
         else:
             value = f"{r['train_mib']:,.0f} MiB (peak RSS {r['peak_mib']:,.0f})"
         ratio = f"{r['vs_transformers']:.2f}x" if "vs_transformers" in r else ""
-        mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else ""
+        mfu = (f"{100 * r['mfu']:.0f}%" if "mfu" in r else
+               f"{100 * r['bandwidth_bound']:.0f}% of bound" if "bandwidth_bound" in r else "")
         lines.append(f"| {r['config']} | {r['what']} | {r['impl']} | {value} | {ratio} | {mfu} | {r.get('note', '')} |")
     for s in report.get("skipped", []):
         lines.append(f"\nSkipped: {s}")
@@ -566,15 +615,20 @@ def run(
             if "train" in suites and cfg.train:
                 log(f"[{name}] training {precision} ...")
                 report["rows"] += bench_training(cfg, timer, precision, report["matmul_peak"][precision],
-                                                 compile=compile, checkpointing=checkpointing)
+                                                 compile=compile, checkpointing=checkpointing and cfg.checkpointing)
             if "memory" in suites and cfg.train and _has_transformers():
                 log(f"[{name}] training memory {precision} ...")
-                impls = [TRANSFORMERS, LLAMAFORGE] + ([f"{LLAMAFORGE} act. checkpointing"] if checkpointing else [])
+                impls = [TRANSFORMERS, LLAMAFORGE] + ([f"{LLAMAFORGE} act. checkpointing"]
+                                                      if checkpointing and cfg.checkpointing else [])
                 report["rows"] += bench_memory(cfg, dev, precision, impls)
             if "generate" in suites:
                 log(f"[{name}] generation {precision} ...")
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-                report["rows"] += bench_generation(cfg, timer, dtype, compile=compile)
+                if "memory_bandwidth" not in report:
+                    timer.wait_for_quiet()
+                    report["memory_bandwidth"] = memory_read_bandwidth(dev)
+                report["rows"] += bench_generation(cfg, timer, dtype, compile=compile,
+                                                   bandwidth=report["memory_bandwidth"])
     # Measured again at the end, the best of both: a busy start must not inflate the MFU.
     timer.wait_for_quiet()
     report["matmul_peak_end"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
@@ -618,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS),
-                   help="default: stories15M gqa 110M 7B (7B on a GPU only); with --quick, stories15M")
+                   help="default: stories15M gqa 110M 7B 1B (7B and 1B on a GPU only); with --quick, stories15M")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--suites", nargs="+", choices=["train", "memory", "generate"], default=["train", "memory", "generate"])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
@@ -640,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.compile:
         # One process compiles decoding for several models, batch sizes and prompt shapes.
         torch._dynamo.config.recompile_limit = 64
-    configs, repeats = a.configs or ["stories15M", "gqa", "110M", "7B"], a.repeats
+    configs, repeats = a.configs or ["stories15M", "gqa", "110M", "7B", "1B"], a.repeats
     if a.quick:
         configs = a.configs or ["stories15M"]
         repeats = min(repeats, 3)

@@ -264,8 +264,36 @@ def test_bench_report_on_a_tiny_config():
     notes = [r["note"] for r in report["rows"] if r["impl"] == "note"]
     assert any("agree with transformers" in n for n in notes)  # same weights, same greedy tokens
     assert report["matmul_peak"]["fp32"] > 0
+    # Decode rows: steps/s x the weight bytes a step reads / the bandwidth measured in the run.
+    weight_bytes = bench.decode_weight_bytes(bench.Transformer(bench.CONFIGS["tiny"].args()))
+    for r in rows:
+        if r["what"].startswith("decode"):
+            batch = int(r["what"].rsplit("b", 1)[1])
+            expected = r["tokens_per_s"] / batch * weight_bytes / report["memory_bandwidth"]
+            assert r["bandwidth_bound"] == pytest.approx(expected)
+        else:
+            assert "bandwidth_bound" not in r
     text = bench.markdown(report)
     assert "| tiny | train fp32 | llamaforge |" in text and "vs transformers" in text
+    assert "% of bound |" in text and "Memory read bandwidth measured in this run" in text
+
+
+def test_decode_weight_bytes_skip_the_embedding_table_unless_the_output_layer_reads_it():
+    args = bench.CONFIGS["tiny"].args()
+    model = bench.Transformer(args)
+    everything = sum(p.numel() * p.element_size() for p in model.parameters())
+    table = args.vocab_size * args.dim * 4
+    assert bench.decode_weight_bytes(model) == everything - table
+    assert bench.decode_weight_bytes(model.to(torch.bfloat16)) == (everything - table) // 2
+    model.output.weight = model.tok_embeddings.weight  # tied: the output layer reads the whole table
+    assert bench.decode_weight_bytes(model) == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_memory_read_bandwidth_is_bytes_over_the_time_of_a_read(monkeypatch):
+    clock = iter(range(100))  # every perf_counter call advances one "second"
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=4096, trials=3) == pytest.approx(4096 / 1.0)
+    assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=1 << 20) > 0
 
 
 def test_training_memory_is_measured_in_a_subprocess():

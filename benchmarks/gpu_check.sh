@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 10's GPU checks, sized for one short device lease (each part has its own time limit):
+#   tests   the CUDA tests of tests/gpu: bf16 autocast, SDPA's flash kernel (MHA and GQA), KV-cache
+#           decode against re-running the whole sequence, compiled decode and compiled layers
+#   decode  7B-shaped random weights, bf16: prefill, decode at batch 1 and 8 (eager and compiled),
+#           each decode row with its share of the bandwidth bound (weight bytes per step / the read
+#           bandwidth measured in the same run), against transformers' generate
+#   train   ~1B config, bf16 autocast, flash attention, eager and compiled: tokens/s and MFU against
+#           the bf16 matmul rate measured in the same run, against transformers
+#
+#   benchmarks/gpu_check.sh [tests] [decode] [train]     (no argument: all three)
+#
+# Needs torch with CUDA, transformers and pytest importable by $PYTHON (default python3); runs from
+# the source tree (PYTHONPATH=src), nothing to install. Writes into $OUT (default gpu_results/):
+# tests.txt, RESULTS.md (the benchmark tables) and one JSON report per benchmark.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu_results}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests decode train)
+
+"$py" -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
+  | tee "$out/environment.txt"
+"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no CUDA device: nothing to check"; exit 1; }
+
+status=0
+for part in "${parts[@]}"; do
+  case $part in
+    tests)
+      timeout "${TESTS_LIMIT:-200}" "$py" -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests.txt" || status=1 ;;
+    decode)
+      timeout "${DECODE_LIMIT:-200}" "$py" -m llamaforge bench --device cuda --configs 7B --suites generate --compile \
+        --repeats 3 --out "$out/RESULTS.md" --json "$out/bench_7B.json" || status=1 ;;
+    train)
+      timeout "${TRAIN_LIMIT:-200}" "$py" -m llamaforge bench --device cuda --configs 1B --suites train \
+        --precisions bf16 --compile --repeats 3 --out "$out/RESULTS.md" --json "$out/bench_1B.json" || status=1 ;;
+    *)
+      echo "unknown part '$part': choose from tests, decode, train"; exit 2 ;;
+  esac
+done
+exit $status
