@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -429,17 +430,43 @@ def generation_candidates(ours: Transformer, hf, *, compile: bool) -> dict[str, 
 
 
 def decode_weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads: every parameter except the token embedding
-    table, of which it reads one row per sequence (a tied output layer reads it all)."""
+    """Bytes of weights one decode step reads: every parameter and persistent buffer (an int8
+    model's weights and scales) except the token embedding table, of which a step reads one row
+    per sequence (a tied output layer reads it all). Shared tensors count once."""
     embedding = getattr(model, "tok_embeddings", None)
-    skip = {id(embedding.weight)} if embedding is not None and embedding.weight is not model.output.weight else set()
-    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    skip = set()
+    if embedding is not None and embedding.weight is not model.output.weight:
+        skip.add(embedding.weight.data_ptr())
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        persistent = [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+        for t in [*module.parameters(recurse=False), *persistent]:
+            if t.data_ptr() not in skip:
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
 
 
-def memory_read_bandwidth(device: torch.device, nbytes: int | None = None, trials: int = 5) -> float:
-    """Best achieved bytes/s reading one large tensor (a sum over it: 512 MiB on CPU, 4 GiB on a
-    GPU, far past any cache). The ceiling of batch-1 decoding, which reads every weight once a
-    step: the decode rows report tokens/s against weight bytes per token / this rate."""
+def kv_cache_read_bytes(args: ModelArgs, batch: int, positions: float, element_size: int) -> float:
+    """Bytes of keys and values a decode step reads from the cache at `positions` cached tokens."""
+    return 2 * args.n_layers * batch * args.kv_heads * args.head_dim * element_size * positions
+
+
+# Datasheet HBM bandwidth (bytes/s), most specific name first: the stricter bound of the decode rows.
+GPU_BANDWIDTH = {"H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "H200": 4.8e12,
+                 "A100-SXM4-80GB": 2.04e12, "A100": 1.56e12}
+
+
+def datasheet_bandwidth(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in GPU_BANDWIDTH.items() if key in name), None)
+
+
+def memory_read_bandwidth(device: torch.device, nbytes: int | None = None, trials: int = 5, reads: int = 4) -> float:
+    """Best achieved bytes/s reading one large tensor (`reads` sums over it per timing: 512 MiB
+    on CPU, 4 GiB on a GPU, far past any cache): a practical rate, not a ceiling (a good
+    matrix-vector kernel can beat a sum). The decode rows report their bytes per step against it."""
     nbytes = nbytes or (512 << 20 if device.type == "cpu" else 4 << 30)
     x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     x.sum()
@@ -447,19 +474,22 @@ def memory_read_bandwidth(device: torch.device, nbytes: int | None = None, trial
     for _ in range(trials):
         _sync(device)
         start = time.perf_counter()
-        x.sum()
+        for _ in range(reads):
+            x.sum()
         _sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, (time.perf_counter() - start) / reads)
     return x.numel() * 4 / best
 
 
 def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: float | None = None) -> list[dict[str, Any]]:
-    """Prefill, decode and time-to-first-token rows; with `bandwidth` (bytes/s), decode rows also
-    carry `bandwidth_bound`: steps/s x weight bytes per step / bandwidth (1.0 = reading the
-    weights at the measured rate is all a step does)."""
+    """Prefill, decode and time-to-first-token rows. With `bandwidth` (bytes/s), decode rows also
+    carry `bandwidth_bound`: steps/s x bytes read per step / bandwidth (1.0 = a step does nothing
+    but read at that rate), the bytes being the weights plus the KV cache at its mean length over
+    the timed steps; `datasheet_bound` likewise against the GPU's datasheet bandwidth."""
     device = timer.device
     ours, hf = build_pair(cfg, device, dtype)
     weight_bytes = decode_weight_bytes(ours)
+    datasheet = datasheet_bandwidth(device)
     fns = generation_candidates(ours, hf, compile=compile)
     vocab, P, N = cfg.args().vocab_size, cfg.prompt_len, cfg.new_tokens
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -481,7 +511,11 @@ def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: floa
             decode = {"config": cfg.name, "what": f"decode {what} b{b}", "impl": name,
                       "tokens_per_s": b * (N - 1) / max(tn - t1, 1e-9)}
             if bandwidth:
-                decode["bandwidth_bound"] = decode["tokens_per_s"] / b * weight_bytes / bandwidth
+                # The timed steps (2nd to Nth new token) attend to P+1 .. P+N-1 cached positions.
+                step_bytes = weight_bytes + kv_cache_read_bytes(cfg.args(), b, P + N / 2, dtype.itemsize)
+                decode["bandwidth_bound"] = decode["tokens_per_s"] / b * step_bytes / bandwidth
+                if datasheet:
+                    decode["datasheet_bound"] = decode["tokens_per_s"] / b * step_bytes / datasheet
             rows.append(decode)
     for name, t in first_tokens.items():
         rows.append({"config": cfg.name, "what": f"time to first token {what} b1 (ms)", "impl": name, "ms": 1e3 * t})
@@ -554,9 +588,10 @@ def markdown(report: dict[str, Any]) -> str:
                  f"{env.get('load_average_start', '?')}, at end {env.get('load_average_end', '?')}; rounds that "
                  f"started while other processes kept the CPUs busy: {env.get('rounds_under_load', '?')}. "
                  f"Medians of {report['repeats']} alternating repetitions."
-                 + (f" Memory read bandwidth measured in this run: {report['memory_bandwidth'] / 1e9:,.0f} GB/s; a decode "
-                    "row's \"of bound\" is its steps/s x weight bytes per step / that bandwidth."
-                    if report.get("memory_bandwidth") else ""))
+                 + (f" Memory read bandwidth measured in this run: {report['memory_bandwidth'] / 1e9:,.0f} GB/s"
+                    + (f" (datasheet {report['datasheet_bandwidth'] / 1e9:,.0f} GB/s)" if report.get("datasheet_bandwidth") else "")
+                    + "; a decode row's \"of bound\" is its steps/s x bytes read per step (weights, and the KV "
+                    "cache at its mean length) / that bandwidth." if report.get("memory_bandwidth") else ""))
     lines.append("")
     lines.append("| config | measurement | implementation | value | vs transformers | MFU / of bound | note |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -573,6 +608,8 @@ def markdown(report: dict[str, Any]) -> str:
         ratio = f"{r['vs_transformers']:.2f}x" if "vs_transformers" in r else ""
         mfu = (f"{100 * r['mfu']:.0f}%" if "mfu" in r else
                f"{100 * r['bandwidth_bound']:.0f}% of bound" if "bandwidth_bound" in r else "")
+        if "datasheet_bound" in r:
+            mfu += f" ({100 * r['datasheet_bound']:.0f}% of the datasheet's)"
         lines.append(f"| {r['config']} | {r['what']} | {r['impl']} | {value} | {ratio} | {mfu} | {r.get('note', '')} |")
     for s in report.get("skipped", []):
         lines.append(f"\nSkipped: {s}")
@@ -585,13 +622,16 @@ def markdown(report: dict[str, Any]) -> str:
 def run(
     configs: list[str], *, device: str = "cpu", suites=("train", "memory", "generate"), repeats: int = 5,
     precisions=("fp32", "bf16"), compile: bool = False, checkpointing: bool = True, quiet_wait: float = 0.0,
-    peak_sizes: tuple[int, ...] | None = None, log=print,
+    peak_sizes: tuple[int, ...] | None = None, log=print, report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The report of one run. Pass `report` (a dict) to keep the rows measured so far when the
+    run is interrupted."""
     dev = torch.device(device)
     if dev.type == "cpu":
         keep_freed_memory()  # as llamaforge's trainer does; process-wide, so transformers' steps too
     timer = Timer(dev, repeats, quiet_wait)
-    report: dict[str, Any] = {"environment": environment(dev), "repeats": repeats, "rows": [], "skipped": []}
+    report = {} if report is None else report
+    report.update({"environment": environment(dev), "repeats": repeats, "rows": [], "skipped": []})
     bf16_fast = dev.type == "cuda" or _cpu_has_bf16_matmul()
     timer.wait_for_quiet()
     report["matmul_peak"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
@@ -627,6 +667,7 @@ def run(
                 if "memory_bandwidth" not in report:
                     timer.wait_for_quiet()
                     report["memory_bandwidth"] = memory_read_bandwidth(dev)
+                    report["datasheet_bandwidth"] = datasheet_bandwidth(dev)
                 report["rows"] += bench_generation(cfg, timer, dtype, compile=compile,
                                                    bandwidth=report["memory_bandwidth"])
     # Measured again at the end, the best of both: a busy start must not inflate the MFU.
@@ -700,9 +741,21 @@ def main(argv: list[str] | None = None) -> int:
         repeats = min(repeats, 3)
         for name in configs:
             CONFIGS[name] = replace(CONFIGS[name], new_tokens=min(32, CONFIGS[name].new_tokens))
-    report = run(configs, device=a.device, suites=a.suites, repeats=repeats, precisions=a.precisions,
-                 compile=a.compile, checkpointing=not a.no_checkpointing, quiet_wait=a.quiet_wait,
-                 log=lambda m: print(m, file=sys.stderr))
+    # A time limit (`timeout` sends SIGTERM) or Ctrl-C still writes the rows measured so far.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    report: dict[str, Any] = {}
+    interrupted = False
+    try:
+        run(configs, device=a.device, suites=a.suites, repeats=repeats, precisions=a.precisions,
+            compile=a.compile, checkpointing=not a.no_checkpointing, quiet_wait=a.quiet_wait,
+            log=lambda m: print(m, file=sys.stderr), report=report)
+    except KeyboardInterrupt:
+        interrupted = True
+        if "matmul_peak" not in report:
+            return 130
+        report["skipped"].append("the run was interrupted: the rows are those measured before")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     text = markdown(report)
     print(text)
     if a.out:
@@ -711,7 +764,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)
-    return 0
+    return 1 if interrupted else 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

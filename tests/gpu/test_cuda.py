@@ -34,6 +34,15 @@ def kv_heads(request) -> int:
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _exact_fp32_matmuls():
+    """fp32 means fp32 here (torch's default, pinned): TF32 would blur the greedy comparisons."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def tokens(batch: int, length: int, vocab: int = 1024, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, length), generator=g).to(DEVICE)
@@ -88,11 +97,16 @@ def test_kv_cache_greedy_decode_equals_rerunning_the_whole_sequence(kv_heads):
 
 @torch.no_grad()
 def test_compiled_decode_gives_the_eager_tokens(kv_heads):
+    from torch._dynamo.utils import counters
+
     model = make_model(kv_heads).eval()
     prompts = [[1, 17, 230, 5, 99, 400], [1, 8, 8, 8]]
     params = SamplingParams(max_new_tokens=16)
     eager = [c.tokens for c in generate(model, prompts, params)]
+    torch._dynamo.reset()  # so this model's decode compiles afresh (and is seen to)
+    graphs = counters["stats"]["unique_graphs"]
     compiled = [c.tokens for c in generate(model, prompts, params, compile=True)]
+    assert counters["stats"]["unique_graphs"] > graphs  # not everything fell back to eager
     assert compiled == eager and all(len(t) == 16 for t in eager)
 
 
@@ -112,9 +126,11 @@ def test_bf16_training_learns_and_compiled_layers_give_the_eager_loss(kv_heads):
         return float(loss.detach())
 
     opts = [torch.optim.AdamW(m.parameters(), lr=3e-3, fused=True) for m in (model, twin)]
-    first = [step(m, o) for m, o in zip((model, twin), opts)]
-    assert first[1] == pytest.approx(first[0], rel=1e-2)
-    last = first[0]
+    # The compiled twin's forward and backward: the same losses over its first steps.
+    for _ in range(5):
+        eager, compiled = step(model, opts[0]), step(twin, opts[1])
+        assert compiled == pytest.approx(eager, rel=2e-2)
+    first = eager
     for _ in range(40):  # a fixed batch of random tokens: memorising it drives the loss down
         last = step(model, opts[0])
-    assert last < 0.5 * first[0]
+    assert last < 0.5 * first

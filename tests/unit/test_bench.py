@@ -1,6 +1,9 @@
 """`llamaforge bench` plumbing on a tiny config (no timing is asserted), and the fast paths
 it measures: the chunked cross-entropy and the decode helpers give the plain results."""
 
+import json
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -264,13 +267,15 @@ def test_bench_report_on_a_tiny_config():
     notes = [r["note"] for r in report["rows"] if r["impl"] == "note"]
     assert any("agree with transformers" in n for n in notes)  # same weights, same greedy tokens
     assert report["matmul_peak"]["fp32"] > 0
-    # Decode rows: steps/s x the weight bytes a step reads / the bandwidth measured in the run.
-    weight_bytes = bench.decode_weight_bytes(bench.Transformer(bench.CONFIGS["tiny"].args()))
+    # Decode rows: steps/s x (weights + the KV cache at its mean length) / the run's bandwidth.
+    cfg = bench.CONFIGS["tiny"]
+    weight_bytes = bench.decode_weight_bytes(bench.Transformer(cfg.args()))
     for r in rows:
         if r["what"].startswith("decode"):
             batch = int(r["what"].rsplit("b", 1)[1])
-            expected = r["tokens_per_s"] / batch * weight_bytes / report["memory_bandwidth"]
-            assert r["bandwidth_bound"] == pytest.approx(expected)
+            kv = bench.kv_cache_read_bytes(cfg.args(), batch, cfg.prompt_len + cfg.new_tokens / 2, 4)
+            expected = r["tokens_per_s"] / batch * (weight_bytes + kv) / report["memory_bandwidth"]
+            assert r["bandwidth_bound"] == pytest.approx(expected) and "datasheet_bound" not in r
         else:
             assert "bandwidth_bound" not in r
     text = bench.markdown(report)
@@ -284,16 +289,63 @@ def test_decode_weight_bytes_skip_the_embedding_table_unless_the_output_layer_re
     everything = sum(p.numel() * p.element_size() for p in model.parameters())
     table = args.vocab_size * args.dim * 4
     assert bench.decode_weight_bytes(model) == everything - table
-    assert bench.decode_weight_bytes(model.to(torch.bfloat16)) == (everything - table) // 2
+    model.tok_embeddings.to(torch.float64)  # the table alone changes: the count must not
+    assert bench.decode_weight_bytes(model) == everything - table
+    model.output.to(torch.float64)  # the output layer is read: its bytes double
+    assert bench.decode_weight_bytes(model) == everything - table + table
+    model = bench.Transformer(args)
     model.output.weight = model.tok_embeddings.weight  # tied: the output layer reads the whole table
+    assert bench.decode_weight_bytes(model) == sum(p.numel() * p.element_size() for p in model.parameters())
+    model.setup_cache(2)  # the cache is not weights
     assert bench.decode_weight_bytes(model) == sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def test_memory_read_bandwidth_is_bytes_over_the_time_of_a_read(monkeypatch):
-    clock = iter(range(100))  # every perf_counter call advances one "second"
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
-    assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=4096, trials=3) == pytest.approx(4096 / 1.0)
+def test_decode_weight_bytes_of_an_int8_model_count_its_int8_weights_and_scales():
+    from llamaforge.quantize import quantize_int8
+
+    args = bench.CONFIGS["tiny"].args()
+    model = bench.Transformer(args)
+    fp32 = bench.decode_weight_bytes(model)
+    quantize_int8(model)
+    block = sum(p.numel() for n, p in bench.Transformer(args).named_parameters() if n.startswith("layers.") and "norm" not in n)
+    rows = sum(m.weight_int8.shape[0] for m in model.modules() if hasattr(m, "weight_int8"))
+    assert bench.decode_weight_bytes(model) == fp32 - 4 * block + block + 4 * rows  # int8 values, fp32 row scales
+
+
+def test_kv_cache_read_bytes_by_hand():
+    args = bench.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=32)  # head_dim 16
+    # keys and values x 2 layers x batch 8 x 2 KV heads x 16 dims x 4 bytes x 10 positions
+    assert bench.kv_cache_read_bytes(args, 8, 10, 4) == 2 * 2 * 8 * 2 * 16 * 4 * 10
+
+
+def test_memory_read_bandwidth_takes_the_fastest_timing(monkeypatch):
+    ends = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0])  # start/end of three timings: 5 s, 1 s, 3 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ends))
+    assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=4096, trials=3, reads=1) == pytest.approx(4096 / 1.0)
+    monkeypatch.undo()
     assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=1 << 20) > 0
+
+
+def test_a_config_without_checkpointing_times_no_checkpointing_variant(monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setitem(bench.CONFIGS, "tiny", replace(bench.CONFIGS["tiny"], checkpointing=False))
+    report = bench.run(["tiny"], suites=("train",), repeats=1, precisions=("fp32",), peak_sizes=(256,), log=lambda m: None)
+    impls = {r["impl"] for r in report["rows"] if r["what"] == "train fp32" and r["impl"] != "note"}
+    assert impls == {"transformers", "llamaforge"}
+
+
+def test_an_interrupted_bench_still_writes_the_rows_measured(monkeypatch, tmp_path):
+    def interrupted_run(configs, *, report, **kwargs):
+        report.update({"environment": bench.environment(torch.device("cpu")), "repeats": 1, "skipped": [],
+                       "matmul_peak": {"fp32": 1e11}, "rows": [{"config": "tiny", "what": "decode float32 b1",
+                                                                 "impl": "llamaforge", "tokens_per_s": 123.0}]})
+        raise KeyboardInterrupt  # as SIGTERM from `timeout` does, through the handler main installs
+
+    monkeypatch.setattr(bench, "run", interrupted_run)
+    out = tmp_path / "r.md"
+    assert bench.main(["--configs", "tiny", "--out", str(out), "--json", str(tmp_path / "r.json")]) == 1
+    assert "| tiny | decode float32 b1 | llamaforge | 123 tok/s |" in out.read_text()
+    assert "interrupted" in out.read_text() and json.loads((tmp_path / "r.json").read_text())["rows"]
 
 
 def test_training_memory_is_measured_in_a_subprocess():
