@@ -481,7 +481,8 @@ def memory_read_bandwidth(device: torch.device, nbytes: int | None = None, trial
     return x.numel() * 4 / best
 
 
-def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: float | None = None) -> list[dict[str, Any]]:
+def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: float | None = None,
+                     batches: tuple[int, ...] = (1, 8)) -> list[dict[str, Any]]:
     """Prefill, decode and time-to-first-token rows. With `bandwidth` (bytes/s), decode rows also
     carry `bandwidth_bound`: steps/s x bytes read per step / bandwidth (1.0 = a step does nothing
     but read at that rate), the bytes being the weights plus the KV cache at its mean length over
@@ -493,14 +494,14 @@ def bench_generation(cfg, timer: Timer, dtype, *, compile: bool, bandwidth: floa
     fns = generation_candidates(ours, hf, compile=compile)
     vocab, P, N = cfg.args().vocab_size, cfg.prompt_len, cfg.new_tokens
     g = torch.Generator(device="cpu").manual_seed(2)
-    prompts = {b: torch.randint(3, vocab, (b, P), generator=g).to(device) for b in (1, 8)}
+    prompts = {b: torch.randint(3, vocab, (b, P), generator=g).to(device) for b in sorted({1, *batches})}
     what = str(dtype).removeprefix("torch.")
     rows = []
     agree = {}
     for name, fn in fns.items():
         agree[name] = fn(prompts[1], 8)[0]
     first_tokens = {}
-    for b in (1, 8):
+    for b in batches:
         one = timer.alternate({k: (lambda f=f: f(prompts[b], 1)) for k, f in fns.items()})
         full = timer.alternate({k: (lambda f=f: f(prompts[b], N)) for k, f in fns.items()})
         for name in fns:
@@ -622,6 +623,7 @@ def markdown(report: dict[str, Any]) -> str:
 def run(
     configs: list[str], *, device: str = "cpu", suites=("train", "memory", "generate"), repeats: int = 5,
     precisions=("fp32", "bf16"), compile: bool = False, checkpointing: bool = True, quiet_wait: float = 0.0,
+    batches: tuple[int, ...] = (1, 8),
     peak_sizes: tuple[int, ...] | None = None, log=print, report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of one run. Pass `report` (a dict) to keep the rows measured so far when the
@@ -669,7 +671,7 @@ def run(
                     report["memory_bandwidth"] = memory_read_bandwidth(dev)
                     report["datasheet_bandwidth"] = datasheet_bandwidth(dev)
                 report["rows"] += bench_generation(cfg, timer, dtype, compile=compile,
-                                                   bandwidth=report["memory_bandwidth"])
+                                                   bandwidth=report["memory_bandwidth"], batches=batches)
     # Measured again at the end, the best of both: a busy start must not inflate the MFU.
     timer.wait_for_quiet()
     report["matmul_peak_end"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
@@ -718,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suites", nargs="+", choices=["train", "memory", "generate"], default=["train", "memory", "generate"])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=5, help="alternating repetitions per measurement")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                   help="generation batch sizes (each compiled decode batch size compiles once more)")
     p.add_argument("--compile", action="store_true", help="also time llamaforge with torch.compile")
     p.add_argument("--no-checkpointing", action="store_true", help="skip the activation-checkpointing rows")
     p.add_argument("--quick", action="store_true", help="stories15M only, 3 repetitions, 32 new tokens")
@@ -728,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the full report as JSON to this file")
     p.add_argument("--_memory-child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if any(b < 1 for b in a.batches):
+        p.error(f"--batches must be positive, got {a.batches}")
     if a._memory_child:
         return _memory_child(a._memory_child)
     if a.threads:
@@ -748,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(configs, device=a.device, suites=a.suites, repeats=repeats, precisions=a.precisions,
             compile=a.compile, checkpointing=not a.no_checkpointing, quiet_wait=a.quiet_wait,
-            log=lambda m: print(m, file=sys.stderr), report=report)
+            batches=tuple(a.batches), log=lambda m: print(m, file=sys.stderr), report=report)
     except KeyboardInterrupt:
         interrupted = True
         if "matmul_peak" not in report:

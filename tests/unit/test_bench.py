@@ -326,6 +326,16 @@ def test_memory_read_bandwidth_takes_the_fastest_timing(monkeypatch):
     assert bench.memory_read_bandwidth(torch.device("cpu"), nbytes=1 << 20) > 0
 
 
+def test_generation_runs_the_batch_sizes_asked_for():
+    pytest.importorskip("transformers")
+    report = bench.run(["tiny"], suites=("generate",), repeats=1, precisions=("fp32",), peak_sizes=(256,),
+                       batches=(3,), log=lambda m: None)
+    measured = {r["what"] for r in report["rows"] if r["impl"] != "note"}
+    assert measured == {"prefill float32 b3", "decode float32 b3"}  # no batch-1 time to first token either
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "tiny", "--batches", "0"])
+
+
 def test_a_config_without_checkpointing_times_no_checkpointing_variant(monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setitem(bench.CONFIGS, "tiny", replace(bench.CONFIGS["tiny"], checkpointing=False))
