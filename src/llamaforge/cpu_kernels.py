@@ -224,16 +224,18 @@ def split_rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
 
     w must be stored transposed (`decode_layout`): w.t() is then a contiguous [in, out] matrix
     whose row blocks are views, one per core; the partial products are summed."""
+    # Compiling first: torch.get_num_threads() returns an int, which torch.compile cannot trace
+    # (a graph break at every Linear of a compiled decode step).
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        return None
     in_features, out_features = w.shape[1], w.shape[0]
     blocks = min(math.gcd(in_features, torch.get_num_threads()), MAX_BLOCKS)
     if (
         blocks < 2
-        or x.device.type != "cpu"
         or x.dtype != torch.float32  # bf16 partial sums would round before they add up
         or w.dtype != torch.float32
         or w.stride(0) != 1
         or x.numel() > DECODE_ROWS * in_features
-        or torch.compiler.is_compiling()
     ):
         return None
     rows = x.reshape(-1, blocks, in_features // blocks).transpose(0, 1)  # [blocks, N, in/blocks]

@@ -133,6 +133,7 @@ def generate_steps(
 
     # Compiled decoding keeps one cache shape (the full context), so no call recompiles.
     model.setup_cache(B, model.args.max_seq_len if compile else total)
+    model.rope_table(device)  # built (or rebuilt) here, outside any compiled step
     step = compiled_last_logits() if compile else last_logits
     # On CPU the weights take the decode layout for this generation's decode steps (see
     # cpu_kernels). The prefill does not need it (its matmuls have many rows), and switching costs

@@ -169,3 +169,19 @@ def test_decode_layout_is_taken_after_the_prefill_and_only_when_decoding_repays_
     n = gen.DECODE_LAYOUT_MIN_STEPS + 1
     out = generate(model, [[1, 5, 9]], SamplingParams(max_new_tokens=n, stop_tokens=[]), eos_id=-1)[0]
     assert len(out.tokens) == n and events == ["step", "layout"] + ["step"] * (n - 1)
+
+
+def test_compiled_decoding_gives_the_eager_tokens_in_whole_graphs(model):
+    """torch.compile of the decode step: the eager tokens, for a left-padded batch too, and no
+    graph break (each would hand every layer's ops back to Python; a CPU-only thread query and a
+    tensor.is_inference() check once broke every Linear and the rotary table)."""
+    from torch._dynamo.utils import counters
+
+    prompts = [[1, 5, 9, 12, 40, 33, 7], [1, 20]]
+    params = SamplingParams(max_new_tokens=10)
+    eager = [c.tokens for c in generate(model, prompts, params)]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = [c.tokens for c in generate(model, prompts, params, compile=True)]
+    assert compiled == eager
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
