@@ -248,10 +248,13 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the Llama 2-Chat format")
     p.add_argument("--system", help="system prompt (with --chat)")
     p.add_argument("--no-stream", action="store_true", help="print the whole completion at the end")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile: the first call compiles (tens of seconds), so it pays off "
+                        "for long completions (benchmarks/RESULTS.md)")
     _add_sampling_options(p, chat=False)
     args = p.parse_args(argv)
     from .chat_format import ChatFormatError, encode_dialog
-    from .generate import generate, stream_text
+    from .generate import continuation_text, generate, stream_text
 
     model, tok = _load_for_inference(args)
     try:
@@ -268,12 +271,15 @@ def generate_main(argv: list[str]) -> int:
     if len(prompts) == 1 and not args.no_stream:
         if not args.chat:
             print(args.prompt[0], end="", flush=True)
-        for piece in stream_text(model, tok, prompts[0], params):
+        for piece in stream_text(model, tok, prompts[0], params, compile=args.compile, continuation=not args.chat):
             print(piece, end="", flush=True)
         print()
         return 0
-    for text, completion in zip(args.prompt, generate(model, prompts, params, tokenizer=tok)):
-        print(json.dumps({"prompt": text, "completion": completion.text, "finish_reason": completion.finish_reason}))
+    for text, prompt, completion in zip(args.prompt, prompts, generate(model, prompts, params, tokenizer=tok,
+                                                                       compile=args.compile)):
+        # Without --chat the completion continues the prompt: its text keeps the leading space.
+        reply = completion.text if args.chat else continuation_text(tok, prompt, completion, params.stop_strings)
+        print(json.dumps({"prompt": text, "completion": reply, "finish_reason": completion.finish_reason}))
     return 0
 
 

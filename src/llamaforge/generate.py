@@ -209,6 +209,26 @@ def generate(
     return out
 
 
+def decode_after(tokenizer, anchor: Sequence[int], ids: Sequence[int]) -> str:
+    """The text `ids` add after `anchor`: SentencePiece drops the leading space of a decode's first
+    piece ("the cat" + " sat" would read "the catsat"), so a continuation is decoded behind the
+    token before it."""
+    anchor, ids = list(anchor), list(ids)
+    if not anchor:
+        return tokenizer.decode(ids)
+    head, full = tokenizer.decode(anchor), tokenizer.decode(anchor + ids)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
+
+
+def continuation_text(tokenizer, prompt: Sequence[int], completion: Completion,
+                      stop_strings: Sequence[str] = ()) -> str:
+    """A completion's text as it reads appended to its prompt's text (its leading space kept,
+    which `Completion.text` drops), cut at the first stop string."""
+    text = decode_after(tokenizer, list(prompt)[-1:], completion.tokens)
+    hits = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(hits)] if hits else text
+
+
 def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequence[str]) -> bool:
     text = tokenizer.decode(completion.tokens)
     hits = [text.find(s) for s in stop_strings if s and s in text]
@@ -219,9 +239,12 @@ def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequenc
 
 
 def stream_text(
-    model: Transformer, tokenizer, prompt: Sequence[int], params: SamplingParams | None = None
+    model: Transformer, tokenizer, prompt: Sequence[int], params: SamplingParams | None = None, *,
+    compile: bool = False, continuation: bool = False,
 ) -> Iterator[str]:
     """Stream the reply to one prompt as text pieces, stopping at EOS, stop tokens or strings.
+    compile: decode through torch.compile (see `generate_steps`). continuation: the text as it
+    reads after the prompt's text (see `continuation_text`), for printing the two together.
 
     Text is released only once it is final: a piece whose bytes are incomplete (a
     multi-byte character split across byte tokens) or that could still be the start of a
@@ -230,13 +253,14 @@ def stream_text(
     params = params or SamplingParams()
     stops = set(params.stop_tokens) | {tokenizer.eos_id}
     generated: list[int] = []
+    anchor = list(prompt)[-1:] if continuation else []
     sent = 0
-    for next_tokens, _ in generate_steps(model, [prompt], params):
+    for next_tokens, _ in generate_steps(model, [prompt], params, compile=compile):
         token = int(next_tokens[0])
         if token in stops:
             break
         generated.append(token)
-        text = tokenizer.decode(generated)
+        text = decode_after(tokenizer, anchor, generated)
         cut = min((text.find(s) for s in params.stop_strings if s and s in text), default=-1)
         if cut >= 0:
             if cut > sent:
@@ -246,7 +270,7 @@ def stream_text(
         if safe > sent:
             yield text[sent:safe]
             sent = safe
-    text = tokenizer.decode(generated)
+    text = decode_after(tokenizer, anchor, generated)
     if len(text) > sent:
         yield text[sent:]
 

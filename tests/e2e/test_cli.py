@@ -91,6 +91,56 @@ def test_generate_with_int8_weights(model_dir, capsys, monkeypatch):
     assert out["prompt"] == "the cat" and out["finish_reason"] in ("stop", "length") and out["completion"] is not None
 
 
+def test_generate_compiled_gives_the_eager_completion_streamed_and_batched(model_dir, capsys, monkeypatch):
+    from llamaforge import generate as gen
+
+    compiled_calls = []
+    real_steps = gen.generate_steps
+    monkeypatch.setattr(gen, "generate_steps",
+                        lambda *a, compile=False, **k: (compiled_calls.append(compile), real_steps(*a, compile=compile, **k))[1])
+    base = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8"]
+    for extra in (["--no-stream"], []):  # one JSON line / streamed text
+        assert main(base + extra) == 0
+        eager = capsys.readouterr().out
+        assert main(base + extra + ["--compile"]) == 0
+        assert capsys.readouterr().out == eager
+    assert compiled_calls == [False, True, False, True]
+
+
+def test_a_continuation_keeps_the_space_that_decoding_it_alone_drops(model_dir):
+    from llamaforge.generate import Completion, continuation_text, decode_after
+    from llamaforge.tokenizer import Tokenizer
+
+    tok = Tokenizer(model_dir.parent / "tokenizer.model")
+    prompt, more = tok.encode("the cat", bos=True, eos=False), tok.encode("sat on", bos=False, eos=False)
+    assert tok.decode(more) == "sat on"  # SentencePiece drops the first piece's space
+    assert decode_after(tok, prompt[-1:], more) == " sat on"
+    done = Completion(tokens=more, finish_reason="length")
+    assert "the cat" + continuation_text(tok, prompt, done) == tok.decode(prompt + more) == "the cat sat on"
+    assert continuation_text(tok, prompt, done, stop_strings=["on"]) == " sat "
+
+
+def test_generate_prints_prompt_and_completion_as_one_text(model_dir, capsys, monkeypatch):
+    from llamaforge import generate as gen
+    from llamaforge.tokenizer import Tokenizer
+
+    tok = Tokenizer(model_dir.parent / "tokenizer.model")
+    reply = tok.encode("sat on", bos=False, eos=False) + [tok.eos_id]  # the model "says" this
+
+    def steps(model, prompts, params, compile=False):
+        for token in reply:
+            yield torch.full((len(prompts),), token), torch.zeros(len(prompts))
+
+    monkeypatch.setattr(gen, "generate_steps", steps)
+    argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8"]
+    assert main(argv + ["--no-stream"]) == 0
+    assert json.loads(capsys.readouterr().out)["completion"] == " sat on"
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "the cat sat on\n"
+    assert main(argv + ["--chat", "--no-stream"]) == 0  # a chat reply starts its own text
+    assert json.loads(capsys.readouterr().out)["completion"] == "sat on"
+
+
 def test_generate_rejects_chat_tags(model_dir, capsys):
     assert main(["generate", str(model_dir), "--chat", "--prompt", "hi [INST] there"]) == 1
     assert "[INST]" in capsys.readouterr().err

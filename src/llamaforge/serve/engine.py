@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cpu_kernels import use_decode_layout
-from ..generate import SamplingParams, last_logits, sample_next
+from ..generate import SamplingParams, decode_after, last_logits, sample_next
 from ..model import KVCache, Transformer
 
 log = logging.getLogger("llamaforge.serve")
@@ -69,12 +69,7 @@ class TextStream:
         self.sent = 0
 
     def _decode_after(self, anchor: list[int], ids: list[int]) -> str:
-        """The text `ids` add after `anchor` (SentencePiece drops the leading space of a decode's
-        first piece, so a continuation is decoded behind the token before it)."""
-        if not anchor:
-            return self.tokenizer.decode(ids)
-        head, full = self.tokenizer.decode(anchor), self.tokenizer.decode(anchor + ids)
-        return full[len(head) :] if full.startswith(head) else self.tokenizer.decode(ids)
+        return decode_after(self.tokenizer, anchor, ids)
 
     def text(self) -> str:
         anchor = self.tokens[self.settled - 1 : self.settled] if self.settled else self.prefix
