@@ -12,7 +12,8 @@
 #           the bf16 matmul rate measured in the same run, against transformers
 #   decode8 the decode benchmark at batch 8 (eager only)
 #
-#   benchmarks/gpu_check.sh [tests] [train] [decode] [decode8]   (no argument: tests train decode)
+#   benchmarks/gpu_check.sh [tests] [train] [decode] [decode8]
+#   (no argument: tests train decode, ~680 s at their limits: more than one 600 s device call)
 #
 # Each part stops at its own limit (TESTS_LIMIT=150, TRAIN_LIMIT=200, DECODE_LIMIT=330,
 # DECODE8_LIMIT=200 seconds); a benchmark stopped there still writes the rows it measured. With the

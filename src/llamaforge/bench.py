@@ -721,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=5, help="alternating repetitions per measurement")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8],
-                   help="generation batch sizes (each compiled decode batch size compiles once more)")
+                   help="generation batch sizes (with --compile each compiles once more; batch 1 always does: "
+                        "the greedy tokens are compared with transformers' at batch 1)")
     p.add_argument("--compile", action="store_true", help="also time llamaforge with torch.compile")
     p.add_argument("--no-checkpointing", action="store_true", help="skip the activation-checkpointing rows")
     p.add_argument("--quick", action="store_true", help="stories15M only, 3 repetitions, 32 new tokens")
@@ -754,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(configs, device=a.device, suites=a.suites, repeats=repeats, precisions=a.precisions,
             compile=a.compile, checkpointing=not a.no_checkpointing, quiet_wait=a.quiet_wait,
-            batches=tuple(a.batches), log=lambda m: print(m, file=sys.stderr), report=report)
+            batches=tuple(sorted(set(a.batches))), log=lambda m: print(m, file=sys.stderr), report=report)
     except KeyboardInterrupt:
         interrupted = True
         if "matmul_peak" not in report:

@@ -254,7 +254,7 @@ def generate_main(argv: list[str]) -> int:
     _add_sampling_options(p, chat=False)
     args = p.parse_args(argv)
     from .chat_format import ChatFormatError, encode_dialog
-    from .generate import continuation_text, generate, stream_text
+    from .generate import generate, stream_text
 
     model, tok = _load_for_inference(args)
     try:
@@ -275,11 +275,10 @@ def generate_main(argv: list[str]) -> int:
             print(piece, end="", flush=True)
         print()
         return 0
-    for text, prompt, completion in zip(args.prompt, prompts, generate(model, prompts, params, tokenizer=tok,
-                                                                       compile=args.compile)):
-        # Without --chat the completion continues the prompt: its text keeps the leading space.
-        reply = completion.text if args.chat else continuation_text(tok, prompt, completion, params.stop_strings)
-        print(json.dumps({"prompt": text, "completion": reply, "finish_reason": completion.finish_reason}))
+    # Without --chat a completion continues its prompt: its text keeps the leading space.
+    completions = generate(model, prompts, params, tokenizer=tok, compile=args.compile, continuation=not args.chat)
+    for text, completion in zip(args.prompt, completions):
+        print(json.dumps({"prompt": text, "completion": completion.text, "finish_reason": completion.finish_reason}))
     return 0
 
 

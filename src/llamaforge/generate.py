@@ -174,10 +174,13 @@ def generate(
     tokenizer=None,
     eos_id: int | None = None,
     compile: bool = False,
+    continuation: bool = False,
 ) -> list[Completion]:
     """Generate for a batch of token prompts. EOS (the tokenizer's unless `eos_id` is given) and
     `params.stop_tokens` end a row; `params.stop_strings` need a tokenizer to be recognised.
-    compile: decode through torch.compile (see `generate_steps`)."""
+    compile: decode through torch.compile (see `generate_steps`). continuation: each text as it
+    reads after its prompt's text, with the leading space that decoding the new tokens alone drops
+    (`decode_after`); stop strings are looked for in that text."""
     params = params or SamplingParams()
     if params.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
@@ -187,6 +190,7 @@ def generate(
     if eos_id is not None and eos_id >= 0:
         stops.add(eos_id)
     out = [Completion(tokens=[], finish_reason="length") for _ in prompts]
+    anchors = [list(p)[-1:] if continuation else [] for p in prompts]
     active = [True] * len(prompts)
     for next_tokens, logprobs in generate_steps(model, prompts, params, compile=compile):
         for row, (token, logprob) in enumerate(zip(next_tokens.tolist(), logprobs.tolist())):
@@ -198,14 +202,14 @@ def generate(
                 continue
             completion.tokens.append(token)
             completion.logprobs.append(logprob)
-            if params.stop_strings and _cut_at_stop_string(completion, tokenizer, params.stop_strings):
+            if params.stop_strings and _cut_at_stop_string(completion, tokenizer, params.stop_strings, anchors[row]):
                 completion.finish_reason, active[row] = "stop", False
         if not any(active):
             break
     if tokenizer is not None:
-        for completion in out:
+        for completion, anchor in zip(out, anchors):
             if completion.text is None:
-                completion.text = tokenizer.decode(completion.tokens)
+                completion.text = decode_after(tokenizer, anchor, completion.tokens)
     return out
 
 
@@ -220,17 +224,8 @@ def decode_after(tokenizer, anchor: Sequence[int], ids: Sequence[int]) -> str:
     return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
 
 
-def continuation_text(tokenizer, prompt: Sequence[int], completion: Completion,
-                      stop_strings: Sequence[str] = ()) -> str:
-    """A completion's text as it reads appended to its prompt's text (its leading space kept,
-    which `Completion.text` drops), cut at the first stop string."""
-    text = decode_after(tokenizer, list(prompt)[-1:], completion.tokens)
-    hits = [text.find(s) for s in stop_strings if s and s in text]
-    return text[: min(hits)] if hits else text
-
-
-def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequence[str]) -> bool:
-    text = tokenizer.decode(completion.tokens)
+def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequence[str], anchor: Sequence[int] = ()) -> bool:
+    text = decode_after(tokenizer, anchor, completion.tokens)
     hits = [text.find(s) for s in stop_strings if s and s in text]
     if not hits:
         return False
@@ -244,7 +239,7 @@ def stream_text(
 ) -> Iterator[str]:
     """Stream the reply to one prompt as text pieces, stopping at EOS, stop tokens or strings.
     compile: decode through torch.compile (see `generate_steps`). continuation: the text as it
-    reads after the prompt's text (see `continuation_text`), for printing the two together.
+    reads after the prompt's text (see `generate`), for printing the two together.
 
     Text is released only once it is final: a piece whose bytes are incomplete (a
     multi-byte character split across byte tokens) or that could still be the start of a
@@ -276,8 +271,9 @@ def stream_text(
 
 
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
-    """How many trailing characters may still change: a replacement char or a stop-string prefix."""
-    hold = 1 if text.endswith("\ufffd") else 0
+    """How many trailing characters may still change: replacement chars (one per byte of a
+    character not yet complete) or a stop-string prefix."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
     for stop in stop_strings:
         for k in range(min(len(stop) - 1, len(text)), 0, -1):
             if text.endswith(stop[:k]):

@@ -376,12 +376,11 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
-        if torch.compiler.is_compiling() and self._rope is not None and self._rope.device == device:
-            return self._rope  # is_inference() below would break the graph (generate builds the table first)
-        # A table built under inference_mode (by generate) cannot enter autograd: rebuild it.
-        stale = self._rope is not None and self._rope.is_inference() and not torch.is_inference_mode_enabled()
-        if self._rope is None or self._rope.device != device or stale:
-            self._rope = precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device)
+        if self._rope is None or self._rope.device != device:
+            # Never an inference tensor, even when generate builds it: training (compiled, with
+            # activation checkpointing) saves it for backward. Nothing here breaks a compiled graph.
+            with torch.inference_mode(False):
+                self._rope = precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device)
         return self._rope
 
     def setup_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:

@@ -107,31 +107,55 @@ def test_generate_compiled_gives_the_eager_completion_streamed_and_batched(model
     assert compiled_calls == [False, True, False, True]
 
 
-def test_a_continuation_keeps_the_space_that_decoding_it_alone_drops(model_dir):
-    from llamaforge.generate import Completion, continuation_text, decode_after
+def _model_says(monkeypatch, tokens):
+    """Every row of every generation yields `tokens`, then the tokenizer's EOS id."""
+    from llamaforge import generate as gen
+
+    def steps(model, prompts, params, compile=False):
+        for token in tokens:
+            yield torch.full((len(prompts),), token), torch.zeros(len(prompts))
+
+    monkeypatch.setattr(gen, "generate_steps", steps)
+
+
+def test_a_continuation_keeps_the_space_that_decoding_it_alone_drops(model_dir, monkeypatch):
+    from llamaforge.generate import SamplingParams, decode_after, generate, stream_text
     from llamaforge.tokenizer import Tokenizer
 
     tok = Tokenizer(model_dir.parent / "tokenizer.model")
     prompt, more = tok.encode("the cat", bos=True, eos=False), tok.encode("sat on", bos=False, eos=False)
     assert tok.decode(more) == "sat on"  # SentencePiece drops the first piece's space
     assert decode_after(tok, prompt[-1:], more) == " sat on"
-    done = Completion(tokens=more, finish_reason="length")
-    assert "the cat" + continuation_text(tok, prompt, done) == tok.decode(prompt + more) == "the cat sat on"
-    assert continuation_text(tok, prompt, done, stop_strings=["on"]) == " sat "
+    _model_says(monkeypatch, more + [tok.eos_id])
+    model = load_model(model_dir)
+    assert generate(model, [prompt], tokenizer=tok)[0].text == "sat on"
+    assert generate(model, [prompt], tokenizer=tok, continuation=True)[0].text == " sat on"
+    assert "".join(stream_text(model, tok, prompt, continuation=True)) == " sat on"
+    # Stop strings are looked for in the text returned: with its leading space when it continues.
+    stop = SamplingParams(stop_strings=[" sat"])
+    assert generate(model, [prompt], stop, tokenizer=tok)[0].text == "sat on"
+    cut = generate(model, [prompt], stop, tokenizer=tok, continuation=True)[0]
+    assert cut.text == "" and cut.finish_reason == "stop"
+    assert "".join(stream_text(model, tok, prompt, stop, continuation=True)) == ""
 
 
-def test_generate_prints_prompt_and_completion_as_one_text(model_dir, capsys, monkeypatch):
-    from llamaforge import generate as gen
+def test_streaming_releases_characters_split_over_several_byte_tokens(model_dir, monkeypatch):
+    from llamaforge.generate import stream_text
     from llamaforge.tokenizer import Tokenizer
 
     tok = Tokenizer(model_dir.parent / "tokenizer.model")
-    reply = tok.encode("sat on", bos=False, eos=False) + [tok.eos_id]  # the model "says" this
+    said = tok.encode("sat 日本 on", bos=False, eos=False)  # 3 byte tokens a character: not in this vocabulary
+    assert len(said) > 6 and tok.decode(said[:3]).endswith("\ufffd")
+    _model_says(monkeypatch, said + [tok.eos_id])
+    pieces = list(stream_text(load_model(model_dir), tok, tok.encode("the cat", bos=True, eos=False), continuation=True))
+    assert "".join(pieces) == " sat 日本 on" and not any("\ufffd" in p for p in pieces)
 
-    def steps(model, prompts, params, compile=False):
-        for token in reply:
-            yield torch.full((len(prompts),), token), torch.zeros(len(prompts))
 
-    monkeypatch.setattr(gen, "generate_steps", steps)
+def test_generate_prints_prompt_and_completion_as_one_text(model_dir, capsys, monkeypatch):
+    from llamaforge.tokenizer import Tokenizer
+
+    tok = Tokenizer(model_dir.parent / "tokenizer.model")
+    _model_says(monkeypatch, tok.encode("sat on", bos=False, eos=False) + [tok.eos_id])
     argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "8"]
     assert main(argv + ["--no-stream"]) == 0
     assert json.loads(capsys.readouterr().out)["completion"] == " sat on"

@@ -185,3 +185,11 @@ def test_compiled_decoding_gives_the_eager_tokens_in_whole_graphs(model):
     compiled = [c.tokens for c in generate(model, prompts, params, compile=True)]
     assert compiled == eager
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+
+
+def test_the_rotary_table_is_never_an_inference_tensor(model):
+    """generate builds it under inference_mode; training (compiled, with activation checkpointing)
+    saves it for backward, which an inference tensor refuses."""
+    generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=2))
+    assert not model._rope.is_inference()  # as cached: a compiled step takes it as it is
+    assert not model.rope_table(torch.device("cpu")).is_inference()
