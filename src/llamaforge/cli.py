@@ -249,8 +249,9 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--system", help="system prompt (with --chat)")
     p.add_argument("--no-stream", action="store_true", help="print the whole completion at the end")
     p.add_argument("--compile", action="store_true",
-                   help="decode through torch.compile: the first call compiles (tens of seconds), so it pays off "
-                        "for long completions (benchmarks/RESULTS.md)")
+                   help="decode steps through torch.compile (one graph a step; the first call compiles for tens "
+                        "of seconds). For GPUs, where eager decoding is bound by launching ops; on a CPU the eager "
+                        "paths are as fast or faster (benchmarks/RESULTS.md)")
     _add_sampling_options(p, chat=False)
     args = p.parse_args(argv)
     from .chat_format import ChatFormatError, encode_dialog
