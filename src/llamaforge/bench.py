@@ -13,14 +13,14 @@ Medians are reported, with the ratio to transformers measured in the same run.
 - generation (greedy, KV cache on both, `generate` on both): time to first token at batch 1,
   prefill tokens/s at batch 8, decode tokens/s at batch 1 and 8, taken as
   (new tokens - 1) / (time for all new tokens - time for the first); each decode row also
-  gives its share of the memory-bandwidth bound (weight bytes per step / the read bandwidth
-  measured in the same run).
+  gives its share of the memory-bandwidth bound (bytes read per step, weights and KV cache, /
+  the read bandwidth measured in the same run).
 
     llamaforge bench --quick                      # stories15M, a few minutes on 2 CPU cores
     llamaforge bench --configs stories15M gqa 110M --compile --out results.md
     llamaforge bench --device cuda --configs 7B   # random 7B-shaped weights, bf16 decode
     llamaforge bench --device cuda --configs 1B --suites train --compile   # ~1B bf16 training MFU
-    benchmarks/gpu_check.sh                       # all GPU checks, within one device lease
+    benchmarks/gpu_check.sh tests train           # the GPU checks, in parts sized for short leases
 """
 
 from __future__ import annotations
