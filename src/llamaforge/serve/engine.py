@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cpu_kernels import use_decode_layout
-from ..generate import SamplingParams, decode_after, last_logits, sample_next
+from ..generate import SamplingParams, TextStream, last_logits, sample_next
 from ..model import KVCache, Transformer
 
 log = logging.getLogger("llamaforge.serve")
@@ -46,72 +46,6 @@ class Event:
     text: str  # with finish_reason "error": the error message
     finish_reason: str | None = None
     n_tokens: int = 0  # tokens generated so far (the stop token excluded)
-
-
-class TextStream:
-    """Incremental text of generated tokens, releasing only text that can no longer change.
-
-    Held back: a trailing incomplete UTF-8 character (decoded as U+FFFD), the start of a
-    possible stop string, and with `strip` (chat replies) surrounding whitespace, which
-    `chat_format.parse_reply` strips. `prefix` (the prompt's last token) lets a completion keep
-    the space SentencePiece drops at the start of a decoded sequence: "the cat" -> " sat".
-    Decoding is incremental: settled tokens are not decoded again, so a step costs the same
-    at token 4000 as at token 40.
-    """
-
-    SETTLE_AFTER, KEEP = 64, 8  # tail length that triggers settling, and tokens left in the tail
-
-    def __init__(self, tokenizer, stop_strings: Sequence[str] = (), *, prefix: Sequence[int] = (), strip: bool = False):
-        self.tokenizer, self.stop_strings, self.strip = tokenizer, [s for s in stop_strings if s], strip
-        self.prefix = list(prefix)
-        self.tokens: list[int] = []
-        self.settled, self.settled_text = 0, ""  # tokens[:settled] decode to settled_text, for good
-        self.sent = 0
-
-    def _decode_after(self, anchor: list[int], ids: list[int]) -> str:
-        return decode_after(self.tokenizer, anchor, ids)
-
-    def text(self) -> str:
-        anchor = self.tokens[self.settled - 1 : self.settled] if self.settled else self.prefix
-        tail = self._decode_after(anchor, self.tokens[self.settled :])
-        text = self.settled_text + tail
-        if len(self.tokens) - self.settled >= self.SETTLE_AFTER:
-            # Settle all but the last few tokens, if decoding them apart changes nothing.
-            cut = len(self.tokens) - self.KEEP
-            head = self._decode_after(anchor, self.tokens[self.settled : cut])
-            if head + self._decode_after(self.tokens[cut - 1 : cut], self.tokens[cut:]) == tail:
-                self.settled, self.settled_text = cut, self.settled_text + head
-        return text.lstrip() if self.strip else text
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; return (newly final text, whether a stop string was reached)."""
-        self.tokens.append(token)
-        text = self.text()
-        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
-        if cut >= 0:
-            return self._release(text[:cut].rstrip() if self.strip else text[:cut]), True
-        return self._release(text[: len(text) - self._unsettled(text)]), False
-
-    def flush(self) -> str:
-        """The rest of the text, at the end of the sequence."""
-        text = self.text()
-        return self._release(text.rstrip() if self.strip else text)
-
-    def _release(self, final: str) -> str:
-        delta = final[self.sent :]
-        self.sent = max(self.sent, len(final))
-        return delta
-
-    def _unsettled(self, text: str) -> int:
-        hold = len(text) - len(text.rstrip("\ufffd"))
-        if self.strip:
-            hold = max(hold, len(text) - len(text.rstrip()))
-        for stop in self.stop_strings:
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:k]):
-                    hold = max(hold, k)
-                    break
-        return hold
 
 
 @dataclass(eq=False)
