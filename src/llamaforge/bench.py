@@ -437,13 +437,9 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
     skip = set()
     if embedding is not None and embedding.weight is not model.output.weight:
         skip.add(embedding.weight.data_ptr())
-    seen: dict[int, int] = {}
-    for module in model.modules():
-        persistent = [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
-        for t in [*module.parameters(recurse=False), *persistent]:
-            if t.data_ptr() not in skip:
-                seen[t.data_ptr()] = t.numel() * t.element_size()
-    return sum(seen.values())
+    # The state dict: parameters and persistent buffers, not the KV cache; keyed by storage.
+    tensors = {t.data_ptr(): t for t in model.state_dict().values() if t.data_ptr() not in skip}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def kv_cache_read_bytes(args: ModelArgs, batch: int, positions: float, element_size: int) -> float:

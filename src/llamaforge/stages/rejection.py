@@ -313,9 +313,10 @@ def rejection(cfg: RejectionConfig, *, scorer: Scorer | None = None, world=None,
     started = time.perf_counter()
     if not cfg.policy:
         raise ValueError("policy is required: the model to sample from and fine-tune (the SFT model in round 1)")
-    policy_tokenizer(cfg.policy)  # the policy folder must carry its tokenizer (the fine-tune reads it)
     sampler_path = cfg.sampler or cfg.policy
     _, tokenizer = policy_tokenizer(sampler_path)
+    if cfg.sampler:
+        policy_tokenizer(cfg.policy)  # the policy folder must carry its tokenizer too (the fine-tune reads it)
     scorer = scorer or load_scorer(cfg.helpfulness_rm, cfg.safety_rm, safety_threshold=cfg.safety_threshold)
     run_cfg = cfg.run if out_dir is None else dataclasses.replace(cfg.run, dir=str(out_dir))
     run = Run.start(run_cfg, STAGE, config_to_dict(cfg), seeds={"sampling": cfg.seed}, parent=cfg.policy)
