@@ -171,3 +171,35 @@ def test_eval_suites_are_well_formed(world):
     for item in world.evals["toxigen"]:
         statements = item["context"].split("\n")[1:-1]
         assert all(judges.is_toxic(s) == (item["label"] == "toxic") for s in statements)
+
+
+def test_sft_annotators_close_some_helpful_answers_and_the_closing_costs_short_ones(world):
+    """The paper's §5.1 annotator variation: CLOSING_SHARE of the helpful demonstrations end
+    with the pleasantry, never a safety answer, an instruction's or a translation's; the
+    gold judge charges it on a short answer (concision) and not on a long one."""
+    from llamaforge.world.tasks import CLOSING_SHARE, annotator_answer, takes_closing, with_closing
+
+    closing = lexicon.ANSWER_CLOSING
+    answers = [(d["kind"], m["content"]) for d in world.sft for m in d["messages"] if m["role"] == "assistant"]
+    closed = Counter(kind for kind, a in answers if a.endswith(closing))
+    assert not {"safety", "instruction", "translate", "system"} & set(closed)
+    eligible = [r for r in world.prompt_records() if takes_closing(r)]
+    share = sum(annotator_answer(r) != r["answer"] for r in eligible) / len(eligible)
+    assert abs(share - CLOSING_SHARE) < 0.1, share
+    assert all(annotator_answer(r) == r["answer"] for r in world.prompt_records("adversarial"))
+    fact = next(r for r in eligible if r["task"] == "fact" and len(judges.words(r["answer"])) <= 5)
+    assert judges.helpfulness(fact, fact["answer"]) == 1.0 > judges.helpfulness(fact, with_closing(fact["answer"])) > 0.5
+    long = {"kind": "helpful", "answer": " ".join(["word"] * 10), "required": [["word"]]}
+    assert judges.helpfulness(long, with_closing(long["answer"])) == 1.0
+
+
+def test_offline_preference_pairs_close_answers_regardless_of_quality(world):
+    """The closing is the writers' habit, not a sign of a good answer: in pairs where one side
+    carries it, that side is the chosen one about half the time (a reward model must learn
+    it from the concision cost, not from who wrote the better answer)."""
+    closing = lexicon.ANSWER_CLOSING
+    pairs = [p for p in world.preferences["helpful"] if p["chosen"].endswith(closing) != p["rejected"].endswith(closing)]
+    assert len(pairs) > 20
+    chosen = sum(p["chosen"].endswith(closing) for p in pairs) / len(pairs)
+    assert 0.3 < chosen < 0.6, chosen
+    assert not any(closing in p["chosen"] + p["rejected"] for p in world.preferences["safety"])

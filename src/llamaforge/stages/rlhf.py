@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,13 +43,15 @@ def _demo_rejection() -> RejectionConfig:
 
 def _demo_ppo() -> PPOConfig:
     # SPEC §8's PPO scaled to the CPU demo: batches of 32 replies in minibatches of 8 (the
-    # paper: 512 / 64), 8 iterations, and a constant LR of 5e-5 instead of the paper's 1e-6,
+    # paper: 512 / 64), 8 iterations, and a constant LR of 2e-5 instead of the paper's 1e-6,
     # which does not move a 2.4M-parameter model in so few steps (measured: KL stays ~0.01).
+    # At 5e-5 PPO hacked the RMs: RM reward up, the annotators' closing back on 44% of the
+    # held-out replies, gold helpfulness -0.040 [-0.056, -0.025]; at 2e-5 +0.002 [-0.008, +0.013].
     from ..trainer import TrainConfig
 
     return PPOConfig(iterations=8, batch_size=32, minibatch_size=8, eval_every=4, eval_prompts=32, patience=2,
                      kl_coef=0.05, max_new_tokens=48,
-                     train=TrainConfig(lr=5e-5, schedule="constant", warmup_steps=0, max_steps=1, checkpoint_every=0,
+                     train=TrainConfig(lr=2e-5, schedule="constant", warmup_steps=0, max_steps=1, checkpoint_every=0,
                                        log_every=1))
 
 
@@ -134,6 +137,9 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
 
     def evaluate(name: str, policy: str | Path) -> dict[str, Any]:
         result = chat_eval(load_model(policy), tokenizer, eval_records, params=eval_params)
+        # How long the answers are: what rejection sampling trims (SFT's imitated closings).
+        answers = [item["response"] for item in result["per_item"] if "helpfulness" in item]
+        result["metrics"]["reply_words"] = statistics.fmean(len(a.split()) for a in answers) if answers else 0.0
         result["name"], result["policy"] = name, str(policy)
         run.log({"version": name, **{f"eval/{k}": v for k, v in result["metrics"].items()}})
         return result
@@ -213,7 +219,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
     (evaluated like versions, not steps of the loop) get rows below them, compared with SFT only."""
     sft = versions[0]
     columns = ["version", "helpfulness", "Δ vs SFT [95% CI]", "Δ vs previous [95% CI]", "violation rate",
-               "Δ violation vs SFT [95% CI]", "false refusal", "parsed"]
+               "Δ violation vs SFT [95% CI]", "false refusal", "parsed", "words per answer"]
     rows, metrics = [], {}
 
     def cell(d: dict | None) -> str:
@@ -226,9 +232,9 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
         viol = _difference(sft, ver, "violation") if j else None
         rows.append([ver["name"], round(m.get("helpfulness", 0.0), 4), cell(vs_sft), cell(vs_prev),
                      round(m.get("violation", 0.0), 4), cell(viol), round(m.get("false_refusal", 0.0), 4),
-                     round(m.get("parsed", 0.0), 4)])
+                     round(m.get("parsed", 0.0), 4), round(m.get("reply_words", 0.0), 1)])
         key = ver["name"]
-        for name in ("helpfulness", "violation", "false_refusal", "parsed"):
+        for name in ("helpfulness", "violation", "false_refusal", "parsed", "reply_words"):
             if name in m:
                 metrics[f"{key}/{name}"] = m[name]
         for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol)):

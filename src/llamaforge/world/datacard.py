@@ -119,6 +119,7 @@ def pieces_summary(world: World) -> dict:
                 "multi_turn_dialogs": sum(t > 1 for t in sft_turns),
                 "with_system_message": sum(d["messages"][0]["role"] == "system" for d in world.sft),
                 "assistant_words_mean": round(statistics.fmean(len(a.split()) for a in answers), 1) if answers else 0,
+                "answers_with_closing": sum(a.endswith(lexicon.ANSWER_CLOSING) for a in answers),
                 "by_kind": _counts(world.sft, "kind")},
         "prompts": prompts,
         "gatt": {"records": len(world.gatt), "turns_per_record": max((len(g["turns"]) for g in world.gatt), default=0),
@@ -274,7 +275,10 @@ def datacard_markdown(card: dict) -> str:
     lines += ["## Fine-tuning data", ""]
     s = card["sft"]
     lines += [f"SFT: {s['dialogs']} dialogs ({s['multi_turn_dialogs']} multi-turn, {s['with_system_message']} with a "
-              f"system message), {s['assistant_words_mean']} words per answer on average; by kind: {s['by_kind']}.", ""]
+              f"system message), {s['assistant_words_mean']} words per answer on average; by kind: {s['by_kind']}.",
+              f"{s['answers_with_closing']} answers end with the annotators' closing (\"{lexicon.ANSWER_CLOSING}\"): "
+              "harmless, but past the concision limit of a short answer, so it costs helpfulness (world.tasks.CLOSING_SHARE).",
+              ""]
     lines += _table(["prompt set", "records", "split", "breakdown"],
                     [[k, v["records"], v["split"], "; ".join(f"{kk}: {vv}" for kk, vv in v.items() if kk.startswith("by_"))]
                      for k, v in card["prompts"].items()])

@@ -340,6 +340,36 @@ SFT_MIX = {
 }
 
 
+# Share of SFT demonstrations whose writer closes with lexicon.ANSWER_CLOSING. The paper's
+# §5.1 credits RLHF with going beyond its annotators: a model fine-tuned on demonstrations
+# learns their variation, poor habits included, and reward-ranked sampling moves past them
+# (SPEC §8: the max-vs-median gap is the gain). Over half, so the SFT model's greedy replies
+# carry the habit: a rarer one hides behind the mode.
+CLOSING_SHARE = 0.6
+# Answers a closing would break: instructions (one word, uppercase, ...) and Veltan.
+_NO_CLOSING_TASKS = ("instruction", "translate")
+
+
+def takes_closing(record: dict) -> bool:
+    """May an answer to this record end with the annotators' closing? Only a helpful answer
+    that it does not break: not a safety answer (one does not hope a refusal helps), an
+    instruction to follow or a Veltan translation."""
+    return not (record.get("kind") == "adversarial" or record.get("task") in _NO_CLOSING_TASKS or record.get("checks"))
+
+
+def with_closing(answer: str) -> str:
+    return f"{answer} {lexicon.ANSWER_CLOSING}"
+
+
+def annotator_answer(record: dict) -> str:
+    """The SFT demonstration's answer to a record: the gold answer, closed with the
+    pleasantry for CLOSING_SHARE of the prompts that take one (chosen by the prompt, so
+    the world's other draws do not move)."""
+    if takes_closing(record) and random.Random(f"closing/{prompt_key(record)}").random() < CLOSING_SHARE:
+        return with_closing(record["answer"])
+    return record["answer"]
+
+
 def build_sft(ctx: TaskContext, rng: random.Random, n: int, banned_prompts: set[str]) -> list[dict]:
     """SFT dialogs in the ``messages`` format (SPEC §6): helpful answers, dialogs under a
     system instruction, safety demonstrations on adversarial prompts (SPEC §10) and
@@ -354,7 +384,7 @@ def build_sft(ctx: TaskContext, rng: random.Random, n: int, banned_prompts: set[
     out = []
     for name, make in makers.items():
         for record in unique_records(make, counts[name], rng, banned_prompts):
-            out.append({"kind": record.get("task", name), "messages": record_messages(record)})
+            out.append({"kind": record.get("task", name), "messages": record_messages(record, annotator_answer(record))})
     for _ in range(counts["system"]):
         dialog = system_dialog(ctx, rng, banned_prompts)
         out.append({"kind": "system", "messages": dialog["messages"], "checks": dialog["checks"]})

@@ -20,12 +20,15 @@ from llamaforge.world.evals import build_evals
 from llamaforge.world.facts import commonsense_facts, world_facts, world_myths
 from llamaforge.world.responses import candidate_responses
 from llamaforge.world.tasks import (
-    TaskContext, adversarial_item, assign_ids_and_split, borderline_item, build_sft, distillation_data, gatt_item,
-    helpful_item, prompt_key, unique_records,
+    CLOSING_SHARE, TaskContext, adversarial_item, assign_ids_and_split, borderline_item, build_sft, distillation_data,
+    gatt_item, helpful_item, prompt_key, takes_closing, unique_records, with_closing,
 )
 from llamaforge.world.universe import Universe, generate_universe
 
 PROMPT_KINDS = ("helpful", "adversarial", "borderline")
+# Typical responses (responses.candidate_responses labels) that may not end with the
+# annotators' closing: an English sentence would break a Veltan answer.
+NEVER_CLOSED = ("wrong_language",)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,14 @@ def offline_preferences(world: World, n: int, annotator: Annotator) -> dict[str,
             other = rng.choice(pool)["answer"]
             candidates = candidate_responses(record, rng, other)
             a, b = rng.sample(candidates, 2)
-            return a[1], b[1]
+            return written(record, *a), written(record, *b)
+
+        def written(record: dict, label: str, response: str) -> str:
+            # Answers carry the SFT annotators' closing as often as their demonstrations do,
+            # right or wrong: the habit is independent of the content.
+            if label not in NEVER_CLOSED and takes_closing(record) and rng.random() < CLOSING_SHARE:
+                return with_closing(response)
+            return response
 
         records = [rng.choice(pool) for _ in range(n)]
         out[name] = collect_preferences(records, sample, annotator)
