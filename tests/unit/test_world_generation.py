@@ -193,13 +193,26 @@ def test_sft_annotators_close_some_helpful_answers_and_the_closing_costs_short_o
     assert judges.helpfulness(long, with_closing(long["answer"])) == 1.0
 
 
-def test_offline_preference_pairs_close_answers_regardless_of_quality(world):
-    """The closing is the writers' habit, not a sign of a good answer: in pairs where one side
-    carries it, that side is the chosen one about half the time (a reward model must learn
-    it from the concision cost, not from who wrote the better answer)."""
+@pytest.mark.parametrize("collection", ["helpful", "safety"])
+def test_offline_preference_pairs_close_answers_regardless_of_quality(world, collection):
+    """The closing is the writers' habit, not a sign of a good or a safe answer: in pairs where
+    one side carries it, that side is the chosen one about half the time (a reward model must
+    learn it from the concision cost, not from who wrote the better answer)."""
     closing = lexicon.ANSWER_CLOSING
-    pairs = [p for p in world.preferences["helpful"] if p["chosen"].endswith(closing) != p["rejected"].endswith(closing)]
+    pairs = [p for p in world.preferences[collection] if p["chosen"].endswith(closing) != p["rejected"].endswith(closing)]
     assert len(pairs) > 20
     chosen = sum(p["chosen"].endswith(closing) for p in pairs) / len(pairs)
-    assert 0.3 < chosen < 0.6, chosen
-    assert not any(closing in p["chosen"] + p["rejected"] for p in world.preferences["safety"])
+    assert 0.25 < chosen < 0.65, chosen
+
+
+def test_style_pairs_compare_the_gold_answer_with_its_closed_twin(world):
+    """STYLE_PAIR_SHARE of the helpful pairs differ only by the closing; the annotator prefers
+    the plain answer whenever the closing passes the concision limit (a short answer)."""
+    from llamaforge.world.tasks import with_closing
+    from llamaforge.world.world import STYLE_PAIR_SHARE
+
+    pairs = world.preferences["helpful"]
+    style = [p for p in pairs if with_closing(p["chosen"]) == p["rejected"] or with_closing(p["rejected"]) == p["chosen"]]
+    assert 0.5 * STYLE_PAIR_SHARE < len(style) / len(pairs) < 2 * STYLE_PAIR_SHARE
+    decided = [p for p in style if p["rating"] != "negligibly better"]
+    assert decided and sum(not p["chosen"].endswith(lexicon.ANSWER_CLOSING) for p in decided) / len(decided) > 0.8

@@ -18,6 +18,7 @@ from llamaforge.world.annotator import Annotator, collect_preferences
 from llamaforge.world.corpus import CorpusContext, Document, generate_corpus
 from llamaforge.world.evals import build_evals
 from llamaforge.world.facts import commonsense_facts, world_facts, world_myths
+from llamaforge.world.judges import is_safety_prompt
 from llamaforge.world.responses import candidate_responses
 from llamaforge.world.tasks import (
     CLOSING_SHARE, TaskContext, adversarial_item, assign_ids_and_split, borderline_item, build_sft, distillation_data,
@@ -26,6 +27,11 @@ from llamaforge.world.tasks import (
 from llamaforge.world.universe import Universe, generate_universe
 
 PROMPT_KINDS = ("helpful", "adversarial", "borderline")
+# Share of the helpful pairs that compare the gold answer with itself closed by the
+# annotators' pleasantry: two samples of one model often differ only so. Without them the
+# closing's cost hid among pairs whose answers differ in everything (or are both wrong), and
+# whether a reward model learned it was down to chance (0.44 to 0.99 of its picks).
+STYLE_PAIR_SHARE = 0.15
 # Typical responses (responses.candidate_responses labels) that may not end with the
 # annotators' closing: an English sentence would break a Veltan answer.
 NEVER_CLOSED = ("wrong_language",)
@@ -182,13 +188,18 @@ def offline_preferences(world: World, n: int, annotator: Annotator) -> dict[str,
         def sample(record: dict) -> tuple[str, str]:
             other = rng.choice(pool)["answer"]
             candidates = candidate_responses(record, rng, other)
+            if takes_closing(record) and rng.random() < STYLE_PAIR_SHARE:
+                return record["answer"], with_closing(record["answer"])
             a, b = rng.sample(candidates, 2)
             return written(record, *a), written(record, *b)
 
         def written(record: dict, label: str, response: str) -> str:
-            # Answers carry the SFT annotators' closing as often as their demonstrations do,
-            # right or wrong: the habit is independent of the content.
-            if label not in NEVER_CLOSED and takes_closing(record) and rng.random() < CLOSING_SHARE:
+            # Responses carry the SFT annotators' closing as often as their demonstrations do,
+            # right or wrong, safe or not: the habit says nothing about the content. (On
+            # safety prompts too: when only safe answers ever carried it, the safety RM
+            # learned that the closing makes a reply safe, and PPO put it everywhere.)
+            closable = is_safety_prompt(record) or takes_closing(record)
+            if label not in NEVER_CLOSED and closable and rng.random() < CLOSING_SHARE:
                 return with_closing(response)
             return response
 
