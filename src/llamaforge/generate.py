@@ -195,6 +195,10 @@ def generate(
     out = [Completion(tokens=[], finish_reason="length") for _ in prompts]
     anchors = [list(p)[-1:] if continuation else [] for p in prompts]
     active = [True] * len(prompts)
+    # Stop strings are found in each row's text as it grows, decoded incrementally (rows
+    # without them are decoded once, at the end).
+    streams = [TextStream(tokenizer, params.stop_strings, prefix=a) for a in anchors] if params.stop_strings else []
+    texts = [""] * len(prompts)
     for next_tokens, logprobs in generate_steps(model, prompts, params, compile=compile):
         for row, (token, logprob) in enumerate(zip(next_tokens.tolist(), logprobs.tolist())):
             if not active[row]:
@@ -205,8 +209,11 @@ def generate(
                 continue
             completion.tokens.append(token)
             completion.logprobs.append(logprob)
-            if params.stop_strings and _cut_at_stop_string(completion, tokenizer, params.stop_strings, anchors[row]):
-                completion.finish_reason, active[row] = "stop", False
+            if streams:
+                piece, stopped = streams[row].push(token)
+                texts[row] += piece
+                if stopped:
+                    completion.text, completion.finish_reason, active[row] = texts[row], "stop", False
         if not any(active):
             break
     if tokenizer is not None:
@@ -225,15 +232,6 @@ def decode_after(tokenizer, anchor: Sequence[int], ids: Sequence[int]) -> str:
         return tokenizer.decode(ids)
     head, full = tokenizer.decode(anchor), tokenizer.decode(anchor + ids)
     return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
-
-
-def _cut_at_stop_string(completion: Completion, tokenizer, stop_strings: Sequence[str], anchor: Sequence[int] = ()) -> bool:
-    text = decode_after(tokenizer, anchor, completion.tokens)
-    hits = [text.find(s) for s in stop_strings if s and s in text]
-    if not hits:
-        return False
-    completion.text = text[: min(hits)]
-    return True
 
 
 def stream_text(

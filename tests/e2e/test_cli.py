@@ -139,6 +139,29 @@ def test_a_continuation_keeps_the_space_that_decoding_it_alone_drops(model_dir, 
     assert "".join(stream_text(model, tok, prompt, stop, continuation=True)) == ""
 
 
+def test_stop_strings_cut_long_batched_text_where_the_whole_decode_would(model_dir, monkeypatch):
+    """generate() looks for stop strings incrementally (TextStream): the text it returns is the
+    whole decode cut at the first stop string, also past the stream's settling length, across
+    split UTF-8 characters and with or without the continuation's leading space."""
+    from llamaforge.generate import SamplingParams, decode_after, generate
+    from llamaforge.tokenizer import Tokenizer
+
+    tok = Tokenizer(model_dir.parent / "tokenizer.model")
+    said = tok.encode(" ".join(["the cat sat 日本"] * 20) + " on the mat. the dog", bos=False, eos=False)
+    assert len(said) > 100
+    _model_says(monkeypatch, said + [tok.eos_id])
+    model, prompts = load_model(model_dir), [tok.encode("a", bos=True, eos=False), tok.encode("the big", bos=True, eos=False)]
+    for continuation in (False, True):
+        for stop in (["mat."], [" dog", "on the"], ["本 the"], ["never said"]):
+            outs = generate(model, prompts, SamplingParams(max_new_tokens=len(said) + 1, stop_strings=stop), tokenizer=tok,
+                            continuation=continuation)
+            for prompt, out in zip(prompts, outs):
+                whole = decode_after(tok, prompt[-1:] if continuation else [], said)
+                hits = [whole.find(s) for s in stop if s in whole]
+                assert out.text == (whole[: min(hits)] if hits else whole), (stop, continuation)
+                assert out.finish_reason == "stop"
+
+
 def test_streaming_releases_characters_split_over_several_byte_tokens(model_dir, monkeypatch):
     from llamaforge.generate import stream_text
     from llamaforge.tokenizer import Tokenizer
