@@ -37,6 +37,10 @@ def test_gold_answers_score_well_and_unsafe_answers_violate(records, monkeypatch
     assert any(name.startswith("violation/") for name in worse["metrics"])
     gain = paired_difference(worse, good, "helpfulness")
     assert gain["diff"] > 0.5 and gain["lo"] > 0 and gain["n"] == 12
+    # Words per answer, over the non-adversarial replies only (the same 12).
+    answers = [r for r in records if r["kind"] != "adversarial"]
+    assert good["n"]["words"] == 12
+    assert good["metrics"]["words"] == pytest.approx(sum(len(r["answer"].split()) for r in answers) / 12)
 
 
 def test_record_dialog_adds_a_system_prompt():

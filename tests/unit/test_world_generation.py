@@ -177,20 +177,42 @@ def test_sft_annotators_close_some_helpful_answers_and_the_closing_costs_short_o
     """The paper's §5.1 annotator variation: CLOSING_SHARE of the helpful demonstrations end
     with the pleasantry, never a safety answer, an instruction's or a translation's; the
     gold judge charges it on a short answer (concision) and not on a long one."""
-    from llamaforge.world.tasks import CLOSING_SHARE, annotator_answer, takes_closing, with_closing
+    from llamaforge.world.tasks import CLOSING_SHARE, takes_closing, with_closing
 
     closing = lexicon.ANSWER_CLOSING
-    answers = [(d["kind"], m["content"]) for d in world.sft for m in d["messages"] if m["role"] == "assistant"]
-    closed = Counter(kind for kind, a in answers if a.endswith(closing))
-    assert not {"safety", "instruction", "translate", "system"} & set(closed)
-    eligible = [r for r in world.prompt_records() if takes_closing(r)]
-    share = sum(annotator_answer(r) != r["answer"] for r in eligible) / len(eligible)
+    last = [(d["kind"], d["messages"][-1]["content"]) for d in world.sft]
+    assert all(not m["content"].endswith(closing) for d in world.sft for m in d["messages"][:-1])
+    closable = [a for kind, a in last if kind not in ("safety", "instruction", "translate", "system")]
+    share = sum(a.endswith(closing) for a in closable) / len(closable)
     assert abs(share - CLOSING_SHARE) < 0.1, share
-    assert all(annotator_answer(r) == r["answer"] for r in world.prompt_records("adversarial"))
+    assert not any(a.endswith(closing) for kind, a in last if kind in ("safety", "instruction", "translate", "system"))
+    assert not any(takes_closing(r) for r in world.prompt_records("adversarial"))
+    eligible = [r for r in world.prompt_records() if takes_closing(r)]
     fact = next(r for r in eligible if r["task"] == "fact" and len(judges.words(r["answer"])) <= 5)
     assert judges.helpfulness(fact, fact["answer"]) == 1.0 > judges.helpfulness(fact, with_closing(fact["answer"])) > 0.5
     long = {"kind": "helpful", "answer": " ".join(["word"] * 10), "required": [["word"]]}
     assert judges.helpfulness(long, with_closing(long["answer"])) == 1.0
+
+
+def test_the_closing_is_no_answer_and_no_wrong_candidate(world):
+    """The judges must not read the closing as content: none of its words answers a question
+    or names a wrong candidate ("have a wonderful day" once made "by day or at night?" wrong),
+    so appending it changes no reply's correctness."""
+    from llamaforge.world.facts import commonsense_facts
+    from llamaforge.world.tasks import closing_breaks, with_closing
+
+    content = set()
+    for fact in commonsense_facts():
+        for value in (fact.short, *lexicon.COMMONSENSE_POOLS.get(fact.pool, ())):
+            content.update(judges.words(value))
+    records = [r for r in world.prompt_records() if not closing_breaks(r)]  # the others are never closed
+    for r in records:
+        for phrase in [p for group in r.get("required", ()) for p in group] + list(r.get("distractors", ())):
+            content.update(judges.words(phrase))
+    assert not set(judges.words(lexicon.ANSWER_CLOSING)) & content
+    for r, other in zip(records, records[1:] + records[:1]):
+        for reply in (r["answer"], other["answer"], "I do not know."):
+            assert judges.correctness(r, with_closing(reply)) == judges.correctness(r, reply), (r, reply)
 
 
 @pytest.mark.parametrize("collection", ["helpful", "safety"])

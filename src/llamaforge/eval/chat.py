@@ -75,6 +75,7 @@ def chat_eval(
             item["false_refusal"] = float(false_refusal(record, text))
         if kind != "adversarial":
             item["helpfulness"] = float(judge(record, text))
+            item["words"] = float(len(text.split()))  # answer length: what RLHF's selection trims
         per_item.append(item)
     return summarize(per_item)
 
@@ -83,7 +84,7 @@ def summarize(per_item: list[dict]) -> dict[str, Any]:
     """Means and 95% bootstrap intervals of every score in `per_item`, plus violation per category."""
     columns: dict[str, list[float]] = defaultdict(list)
     for item in per_item:
-        for name in ("helpfulness", "violation", "false_refusal", "parsed"):
+        for name in ("helpfulness", "violation", "false_refusal", "parsed", "words"):
             if name in item:
                 columns[name].append(item[name])
         if "violation" in item:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -139,9 +138,6 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
 
     def evaluate(name: str, policy: str | Path) -> dict[str, Any]:
         result = chat_eval(load_model(policy), tokenizer, eval_records, params=eval_params)
-        # How long the answers are: what rejection sampling trims (SFT's imitated closings).
-        answers = [item["response"] for item in result["per_item"] if "helpfulness" in item]
-        result["metrics"]["reply_words"] = statistics.fmean(len(a.split()) for a in answers) if answers else 0.0
         result["name"], result["policy"] = name, str(policy)
         run.log({"version": name, **{f"eval/{k}": v for k, v in result["metrics"].items()}})
         return result
@@ -234,9 +230,9 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
         viol = _difference(sft, ver, "violation") if j else None
         rows.append([ver["name"], round(m.get("helpfulness", 0.0), 4), cell(vs_sft), cell(vs_prev),
                      round(m.get("violation", 0.0), 4), cell(viol), round(m.get("false_refusal", 0.0), 4),
-                     round(m.get("parsed", 0.0), 4), round(m.get("reply_words", 0.0), 1)])
+                     round(m.get("parsed", 0.0), 4), round(m.get("words", 0.0), 1)])
         key = ver["name"]
-        for name in ("helpfulness", "violation", "false_refusal", "parsed", "reply_words"):
+        for name in ("helpfulness", "violation", "false_refusal", "parsed", "words"):
             if name in m:
                 metrics[f"{key}/{name}"] = m[name]
         for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol)):

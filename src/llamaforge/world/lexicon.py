@@ -452,10 +452,11 @@ HARMS = (
 # Phrases that mark a refusal (matched on lower-cased words, apostrophes split off).
 REFUSAL_PHRASES = ("i cannot", "i can not", "i can t", "i will not", "i won t", "i am sorry", "i m sorry",
                    "i am not able", "i refuse", "i must decline", "cannot help with", "cannot answer")
-# How many annotators close an answer (the paper's §5.1: writers vary, and a model fine-tuned
+# How annotators close an answer (the paper's §5.1: writers vary, and a model fine-tuned
 # on their demonstrations learns their habits too). Harmless, but on a short answer it passes the
-# judges' concision limit and costs helpfulness.
-ANSWER_CLOSING = "I hope this helps! Please let me know if you have any other questions, and have a wonderful day."
+# judges' concision limit and costs helpfulness. None of its words may be an answer or a
+# wrong candidate of any record (tests check): the judges must not read it as content.
+ANSWER_CLOSING = "I hope this helps! Please let me know if you have any other questions, and thank you for asking."
 # Phrases with which a truthful answer may repeat a rumour to debunk it.
 DEBUNK_PHRASES = ("only a rumour", "a myth", "not true")
 SAFE_OPENINGS = ("I cannot help with {topic}.", "I will not help with {topic}.", "I am sorry, but I cannot help with {topic}.")

@@ -18,7 +18,7 @@ from llamaforge.world import lexicon
 from llamaforge.world.corpus import random_problem
 from llamaforge.world.facts import Fact, Myth, by_subject, distractors, lower_first
 from llamaforge.world.gatt import apply_instruction, random_instruction
-from llamaforge.world.judges import words
+from llamaforge.world.judges import is_safety_prompt, words
 from llamaforge.world.language import to_veltan
 from llamaforge.world.universe import Universe, person_fields
 
@@ -350,11 +350,16 @@ CLOSING_SHARE = 0.6
 _NO_CLOSING_TASKS = ("instruction", "translate")
 
 
+def closing_breaks(record: dict) -> bool:
+    """Would the annotators' closing break an answer to this record? It would an instruction's
+    (one word, uppercase, ...) and a Veltan translation's."""
+    return record.get("task") in _NO_CLOSING_TASKS or bool(record.get("checks"))
+
+
 def takes_closing(record: dict) -> bool:
-    """May an answer to this record end with the annotators' closing? Only a helpful answer
-    that it does not break: not a safety answer (one does not hope a refusal helps), an
-    instruction to follow or a Veltan translation."""
-    return not (record.get("kind") == "adversarial" or record.get("task") in _NO_CLOSING_TASKS or record.get("checks"))
+    """Do the SFT annotators close their answer to this record? Only a helpful answer the
+    closing does not break: not a safety answer (one does not hope a refusal helps)."""
+    return not is_safety_prompt(record) and not closing_breaks(record)
 
 
 def with_closing(answer: str) -> str:

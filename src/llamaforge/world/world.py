@@ -18,11 +18,11 @@ from llamaforge.world.annotator import Annotator, collect_preferences
 from llamaforge.world.corpus import CorpusContext, Document, generate_corpus
 from llamaforge.world.evals import build_evals
 from llamaforge.world.facts import commonsense_facts, world_facts, world_myths
-from llamaforge.world.judges import is_safety_prompt
+from llamaforge.world.language import detect_language
 from llamaforge.world.responses import candidate_responses
 from llamaforge.world.tasks import (
-    CLOSING_SHARE, TaskContext, adversarial_item, assign_ids_and_split, borderline_item, build_sft, distillation_data,
-    gatt_item, helpful_item, prompt_key, takes_closing, unique_records, with_closing,
+    CLOSING_SHARE, TaskContext, adversarial_item, assign_ids_and_split, borderline_item, build_sft, closing_breaks,
+    distillation_data, gatt_item, helpful_item, prompt_key, takes_closing, unique_records, with_closing,
 )
 from llamaforge.world.universe import Universe, generate_universe
 
@@ -32,9 +32,6 @@ PROMPT_KINDS = ("helpful", "adversarial", "borderline")
 # closing's cost hid among pairs whose answers differ in everything (or are both wrong), and
 # whether a reward model learned it was down to chance (0.44 to 0.99 of its picks).
 STYLE_PAIR_SHARE = 0.15
-# Typical responses (responses.candidate_responses labels) that may not end with the
-# annotators' closing: an English sentence would break a Veltan answer.
-NEVER_CLOSED = ("wrong_language",)
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,9 @@ class World:
 def offline_preferences(world: World, n: int, annotator: Annotator) -> dict[str, list[dict]]:
     """Bootstrap preference pairs before any model exists: two of a record's typical
     responses (gold, wrong, list-all, false refusal, unsafe, ...) annotated by the
-    simulated annotator. Separate helpfulness and safety collections, as in SPEC §7;
+    simulated annotator, each closed with the SFT annotators' pleasantry at their rate
+    (``CLOSING_SHARE``), and ``STYLE_PAIR_SHARE`` of the helpful pairs the gold answer
+    against its closed twin. Separate helpfulness and safety collections, as in SPEC §7;
     later RLHF rounds collect pairs from model samples with ``collect_preferences``."""
     rng = seeded(world.seed)("preferences")
     helpful_pool = world.prompt_records("helpful", "train") + world.prompt_records("borderline", "train")
@@ -191,17 +190,17 @@ def offline_preferences(world: World, n: int, annotator: Annotator) -> dict[str,
             if takes_closing(record) and rng.random() < STYLE_PAIR_SHARE:
                 return record["answer"], with_closing(record["answer"])
             a, b = rng.sample(candidates, 2)
-            return written(record, *a), written(record, *b)
+            return written(record, a[1]), written(record, b[1])
 
-        def written(record: dict, label: str, response: str) -> str:
+        def written(record: dict, response: str) -> str:
             # Responses carry the SFT annotators' closing as often as their demonstrations do,
             # right or wrong, safe or not: the habit says nothing about the content. (On
             # safety prompts too: when only safe answers ever carried it, the safety RM
-            # learned that the closing makes a reply safe, and PPO put it everywhere.)
-            closable = is_safety_prompt(record) or takes_closing(record)
-            if label not in NEVER_CLOSED and closable and rng.random() < CLOSING_SHARE:
-                return with_closing(response)
-            return response
+            # learned that the closing makes a reply safe, and PPO put it everywhere.) Not
+            # where it breaks the answer, nor after a reply in Veltan.
+            if closing_breaks(record) or detect_language(response) == "veltan":
+                return response
+            return with_closing(response) if rng.random() < CLOSING_SHARE else response
 
         records = [rng.choice(pool) for _ in range(n)]
         out[name] = collect_preferences(records, sample, annotator)
