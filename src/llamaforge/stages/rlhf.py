@@ -44,10 +44,11 @@ def _demo_ppo() -> PPOConfig:
     # SPEC §8's PPO scaled to the CPU demo: batches of 32 replies in minibatches of 8 (the
     # paper: 512 / 64), 8 iterations, and a constant LR of 2e-5 instead of the paper's 1e-6,
     # which does not move a 2.4M-parameter model in so few steps (measured: KL stays ~0.01).
-    # Measured from the demo's V2 (rejection sampling) with its round-2 RMs: at 5e-5 held-out
-    # gold helpfulness -0.011 [-0.026, -0.001] (false refusals 25% -> 37%), at 2e-5 -0.001
-    # [-0.012, +0.009]. (Before the world's safety pairs carried the annotators' closing, 5e-5
-    # hacked the RMs outright: the closing back on 44% of the replies, -0.040.)
+    # Measured from the demo's V2 (rejection sampling) with its round-2 RMs, on the world of
+    # commit 6950e26: at 5e-5 held-out gold helpfulness -0.011 [-0.026, -0.001] (false refusals
+    # 25% -> 37%), at 2e-5 -0.001 [-0.012, +0.009] (one PPO seed). Before the world's safety
+    # pairs carried the annotators' closing, 5e-5 hacked the RMs outright: the closing back on
+    # 44% of the replies, -0.040.
     from ..trainer import TrainConfig
 
     return PPOConfig(iterations=8, batch_size=32, minibatch_size=8, eval_every=4, eval_prompts=32, patience=2,
