@@ -79,3 +79,17 @@ def test_one_round_end_to_end(tiny, tmp_path):
     assert (tmp_path / "rlhf" / "round-1" / "reward" / "helpfulness").is_dir()
     assert (tmp_path / "rlhf" / "round-1" / "rejection" / "summary.json").exists()
     assert result["outputs"]["model"] == str(tmp_path / "rlhf" / "round-1" / "ppo")
+
+
+def test_demo_yamls_are_the_loops_demo_settings():
+    """configs/ppo/demo.yaml and configs/rejection/demo.yaml say what `llamaforge rlhf` runs."""
+    from pathlib import Path
+
+    from llamaforge.config import config_to_dict, load_config
+    from llamaforge.stages.ppo import PPOConfig
+    from llamaforge.stages.rejection import RejectionConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for cls, name, demo in ((PPOConfig, "ppo", stage._demo_ppo()), (RejectionConfig, "rejection", stage._demo_rejection())):
+        from_yaml = config_to_dict(load_config(cls, root / name / "demo.yaml", ["run.progress=true"]))
+        assert from_yaml == config_to_dict(demo), name
