@@ -198,7 +198,6 @@ def generate(
     # Stop strings are found in each row's text as it grows, decoded incrementally (rows
     # without them are decoded once, at the end).
     streams = [TextStream(tokenizer, params.stop_strings, prefix=a) for a in anchors] if params.stop_strings else []
-    texts = [""] * len(prompts)
     for next_tokens, logprobs in generate_steps(model, prompts, params, compile=compile):
         for row, (token, logprob) in enumerate(zip(next_tokens.tolist(), logprobs.tolist())):
             if not active[row]:
@@ -209,11 +208,8 @@ def generate(
                 continue
             completion.tokens.append(token)
             completion.logprobs.append(logprob)
-            if streams:
-                piece, stopped = streams[row].push(token)
-                texts[row] += piece
-                if stopped:
-                    completion.text, completion.finish_reason, active[row] = texts[row], "stop", False
+            if streams and streams[row].push(token)[1]:
+                completion.text, completion.finish_reason, active[row] = streams[row].released, "stop", False
         if not any(active):
             break
     if tokenizer is not None:
@@ -281,7 +277,7 @@ class TextStream:
         self.prefix = list(prefix)
         self.tokens: list[int] = []
         self.settled, self.settled_text = 0, ""  # tokens[:settled] decode to settled_text, for good
-        self.sent = 0
+        self.released = ""  # the text handed out so far (final: later text only extends it)
 
     def text(self) -> str:
         anchor = self.tokens[self.settled - 1 : self.settled] if self.settled else self.prefix
@@ -310,8 +306,9 @@ class TextStream:
         return self._release(text.rstrip() if self.strip else text)
 
     def _release(self, final: str) -> str:
-        delta = final[self.sent :]
-        self.sent = max(self.sent, len(final))
+        delta = final[len(self.released) :]
+        if delta:
+            self.released = final
         return delta
 
     def _unsettled(self, text: str) -> int:
