@@ -335,9 +335,9 @@ def _report_stage(ctx: Context) -> dict:
 STAGES: list[Stage] = [
     Stage("world", 10, _world_stage, quick_budget_s=2),
     Stage("tokenizer", 20, _tokenizer_stage, quick_budget_s=5),
-    Stage("pretrain", 300, _pretrain_stage, quick_budget_s=60),
+    Stage("pretrain", 240, _pretrain_stage, quick_budget_s=60),
     Stage("sft", 120, _sft_stage, requires=("llamaforge.stages.sft:run_demo_sft",)),
-    Stage("reward", 90, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
+    Stage("reward", 150, _reward_stage, requires=("llamaforge.stages.reward:train_reward_models",)),
     # The loop fine-tunes through the SFT loop (rejection sampling), so it needs SFT's code too.
     Stage("rlhf", 240, _rlhf_stage, requires=("llamaforge.stages.rlhf:run_rlhf", "llamaforge.stages.sft:finetune")),
     # Distillation is part of safety tuning (SPEC §10), GAtt comes after RLHF (SPEC §9): and GAtt's

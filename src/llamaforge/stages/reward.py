@@ -725,16 +725,26 @@ def _world(seed: int, size: str):
 # and a 90-second budget for both reward models: fewer, smaller batches and a larger LR.
 DEMO_OVERRIDES = ("train.lr=1e-3", "data.batch_pairs=16", "data.micro_batch_pairs=16", "data.max_pairs=800",
                   "data.eval_pairs=300", "train.log_every=5", "run.progress=false")
-# The demo's helpfulness RM: 1,600 pairs, three quarters its own. SPEC §7 fills the other half
-# of the paper's mix uniformly from Meta Safety *and* the open-source sets, which are mostly
-# helpfulness-style comparisons; the built-in world has no open-source set, so a 50/50 mix
-# would be half safety pairs, where a bare refusal is often the chosen reply. Held-out accuracy
-# on a dev split of the world's training pairs (300 pairs), SFT models of two builds:
+# The demo's helpfulness RM: 3,200 pairs, three quarters its own, in batches of 8 pairs at a peak
+# LR of 5e-4. SPEC §7 fills the other half of the paper's mix uniformly from Meta Safety *and*
+# the open-source sets, which are mostly helpfulness-style comparisons; the built-in world has
+# no open-source set, so a 50/50 mix would be half safety pairs, where a bare refusal is often
+# the chosen reply. Held-out accuracy on a dev split of the world's training pairs (300 pairs),
+# SFT models of two builds (batches of 16, LR 1e-3):
 #   800 pairs 50/50: 0.60, 0.67    1,600 pairs 50/50: 0.66, 0.66    1,600 pairs 75/25: 0.70, 0.71
 #   1,600 pairs 100/0: 0.71, 0.71  2,400 pairs 75/25: -, 0.69       3,200 pairs 75/25: -, 0.65
 # On the test pairs (the stage's figure), 800 50/50 -> 1,600 75/25: 0.644 -> 0.694; "answer vs a
 # refusal of the benign question" 0.53 -> 0.84, "right vs wrong answer" 0.63 -> 0.79.
-DEMO_KIND_OVERRIDES = {"helpfulness": ("data.max_pairs=1600", "data.own_share=0.75")}
+# The RM underfits rather than overfits its pairs (3 epochs over the 1,600: 0.674 against 0.678),
+# so more pairs and more, smaller steps help. Test pairs, SFT model of 9afcf6c, seeds 0/1/2:
+#   1,600 pairs, batch 16, LR 1e-3: 0.678 0.674 0.655    LR 5e-4: 0.694 0.701 0.678
+#   3,200 pairs, batch 16, LR 1e-3: 0.694 0.705 0.667    LR 5e-4: 0.705 0.709 0.694
+#   3,200 pairs, batch 8,  LR 5e-4: 0.705 0.724 0.701    LR 3e-4: 0.709 0.717 0.686
+#   3,200 pairs, batch 4,  LR 5e-4: 0.713 0.709 0.674
+# A world with twice the pairs (6,400 of them, LR 5e-4) measured 0.723 0.670 0.687 against 0.657
+# 0.683 at 1,600: RM accuracy grows with data (SPEC §7) but slowly, at four times the time.
+DEMO_KIND_OVERRIDES = {"helpfulness": ("data.max_pairs=3200", "data.own_share=0.75", "data.batch_pairs=8",
+                                       "data.micro_batch_pairs=8", "train.lr=5e-4")}
 
 
 def demo_config(kind: str, base: str | os.PathLike, out_dir: str | os.PathLike, *overrides: str) -> RewardConfig:
