@@ -75,6 +75,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast where matmuls have bf16 units
     compile: bool = False  # torch.compile the model
+    fused_adamw: bool = False  # torch's fused AdamW kernel on the CPU too (always on CUDA): ~10x faster optimizer steps, same update up to rounding; off by default so far (benchmarks/RESULTS.md)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30% more compute
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end and on SIGINT/SIGTERM
     keep_last: int = 3  # newest checkpoints kept; 0 = keep all
@@ -319,9 +320,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (SPEC §5: betas 0.9/0.95, eps 1e-5, weight decay 0.1); the fused kernel on CUDA."""
+    """AdamW (SPEC §5: betas 0.9/0.95, eps 1e-5, weight decay 0.1); torch's fused kernel on CUDA,
+    and on the CPU with `fused_adamw` (stories15M's 24M parameters on 2 cores: 6.8 ms a step
+    against 68 ms for the multi-tensor default, a tenth of a training step)."""
+    fused = device.type == "cuda" or (device.type == "cpu" and cfg.fused_adamw)
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda"
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused
     )
 
 
