@@ -322,7 +322,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW (SPEC §5: betas 0.9/0.95, eps 1e-5, weight decay 0.1); torch's fused kernel on CUDA,
     and on the CPU with `fused_adamw` (stories15M's 24M parameters on 2 cores: 6.8 ms a step
-    against 68 ms for the multi-tensor default, a tenth of a training step)."""
+    against 68 ms for the multi-tensor default, whose 68 ms are a tenth of a training step)."""
     fused = device.type == "cuda" or (device.type == "cpu" and cfg.fused_adamw)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused

@@ -722,7 +722,8 @@ def _world(seed: int, size: str):
 # --------------------------------------------------------------------------- the demo's entry point
 
 # The CPU demo (configs/reward/demo.yaml): the paper's recipe scaled to a ~2.4M-parameter model
-# and a 90-second budget for both reward models: fewer, smaller batches and a larger LR.
+# and a CPU budget: fewer, smaller batches and a larger LR (the safety RM's recipe; the
+# helpfulness RM's differs below).
 DEMO_OVERRIDES = ("train.lr=1e-3", "data.batch_pairs=16", "data.micro_batch_pairs=16", "data.max_pairs=800",
                   "data.eval_pairs=300", "train.log_every=5", "run.progress=false")
 # The demo's helpfulness RM: 3,200 pairs, three quarters its own, in batches of 8 pairs at a peak
@@ -730,13 +731,14 @@ DEMO_OVERRIDES = ("train.lr=1e-3", "data.batch_pairs=16", "data.micro_batch_pair
 # the open-source sets, which are mostly helpfulness-style comparisons; the built-in world has
 # no open-source set, so a 50/50 mix would be half safety pairs, where a bare refusal is often
 # the chosen reply. Held-out accuracy on a dev split of the world's training pairs (300 pairs),
-# SFT models of two builds (batches of 16, LR 1e-3):
+# SFT models of two earlier builds (batches of 16, LR 1e-3; the world before the annotators' closing):
 #   800 pairs 50/50: 0.60, 0.67    1,600 pairs 50/50: 0.66, 0.66    1,600 pairs 75/25: 0.70, 0.71
 #   1,600 pairs 100/0: 0.71, 0.71  2,400 pairs 75/25: -, 0.69       3,200 pairs 75/25: -, 0.65
 # On the test pairs (the stage's figure), 800 50/50 -> 1,600 75/25: 0.644 -> 0.694; "answer vs a
-# refusal of the benign question" 0.53 -> 0.84, "right vs wrong answer" 0.63 -> 0.79.
-# The RM underfits rather than overfits its pairs (3 epochs over the 1,600: 0.674 against 0.678),
-# so more pairs and more, smaller steps help. Test pairs, SFT model of 9afcf6c, seeds 0/1/2:
+# refusal of the benign question" 0.53 -> 0.84, "right vs wrong answer" 0.63 -> 0.79 (that world's
+# pairs; on today's, the gold answer against a wrong one is chance for every RM here: 0.47-0.54).
+# More passes over the same pairs do not help (3 epochs over the 1,600: 0.674 against 0.678); more
+# fresh pairs and more, smaller steps do. Test pairs, SFT model of 9afcf6c, seeds 0/1/2:
 #   1,600 pairs, batch 16, LR 1e-3: 0.678 0.674 0.655    LR 5e-4: 0.694 0.701 0.678
 #   3,200 pairs, batch 16, LR 1e-3: 0.694 0.705 0.667    LR 5e-4: 0.705 0.709 0.694
 #   3,200 pairs, batch 8,  LR 5e-4: 0.705 0.724 0.701    LR 3e-4: 0.709 0.717 0.686
