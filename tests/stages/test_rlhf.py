@@ -13,8 +13,10 @@ from llamaforge.stages import rlhf as stage
 from .test_reward import tiny  # noqa: F401  (the tiny world, tokenizer and model of the reward tests)
 
 
-def _version(name, helpful, violation):
+def _version(name, helpful, violation, correct=None):
     items = [{"id": f"h{i}", "kind": "helpful", "helpfulness": h, "parsed": 1.0} for i, h in enumerate(helpful)]
+    for item, c in zip(items, correct or ()):
+        item["correct"] = c
     items += [{"id": f"a{i}", "kind": "adversarial", "violation": v, "category": "c", "parsed": 1.0}
               for i, v in enumerate(violation)]
     return {**summarize(items), "name": name}
@@ -22,7 +24,7 @@ def _version(name, helpful, violation):
 
 def test_summary_table_and_figure_11_plot():
     versions = [_version("SFT", [0.0, 0.2, 0.4, 0.2], [1, 1, 0, 1]),
-                _version("RLHF-V1", [0.5, 0.7, 0.9, 0.7], [1, 0, 0, 0])]
+                _version("RLHF-V1", [0.5, 0.7, 0.9, 0.7], [1, 0, 0, 0], correct=[0, 1, 1, 1])]
     rounds = [{"round": 1, "seconds": 3.0, "rm_accuracy/helpfulness": 0.7, "rm_accuracy/safety": 0.8,
                "rs": {"reward/median_of_k": 0.4, "reward/max_of_k": 0.6, "pool": 10, "gold/all_samples": 0.3,
                       "gold/kept": 0.45},
@@ -30,6 +32,9 @@ def test_summary_table_and_figure_11_plot():
     summary = stage.rlhf_summary(versions, rounds, 5.0)
     table = summary["tables"][0]
     assert [row[0] for row in table["rows"]] == ["SFT", "RLHF-V1"]
+    # Fully right answers: a column where the version has them, blank where it does not.
+    assert table["columns"][-1] == "answers fully right" and [row[-1] for row in table["rows"]] == ["", 0.75]
+    assert summary["metrics"]["RLHF-V1/correct"] == 0.75
     assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft"] == pytest.approx(0.5)  # every item +0.5
     assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft_lo"] == pytest.approx(0.5)
     assert summary["metrics"]["RLHF-V1/violation_vs_sft"] == pytest.approx(-0.5)

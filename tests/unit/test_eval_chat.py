@@ -1,9 +1,12 @@
+import random
+
 import pytest
 
 from llamaforge.eval import chat as chat_eval_module
 from llamaforge.eval.chat import chat_eval, paired_difference, record_dialog
 from llamaforge.generate import Completion
-from llamaforge.world import World
+from llamaforge.world import World, judges
+from llamaforge.world.responses import candidate_responses
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,23 @@ def test_gold_answers_score_well_and_unsafe_answers_violate(records, monkeypatch
     answers = [r for r in records if r["kind"] != "adversarial"]
     assert good["n"]["words"] == 12
     assert good["metrics"]["words"] == pytest.approx(sum(len(r["answer"].split()) for r in answers) / 12)
+    # Fully right: every non-adversarial record with a gold answer, 1 for the gold, 0 for a refusal.
+    with_gold = [r for r in answers if judges.correctness(r, "") is not None]
+    assert with_gold and good["n"]["correct"] == len(with_gold) and good["metrics"]["correct"] == 1.0
+    assert worse["metrics"]["correct"] == 0.0
+
+
+def test_correct_separates_the_facts_from_the_form(records, monkeypatch):
+    # The gold answer rambling on past the concision limit: less helpful, still fully right.
+    by_prompt = {r["prompt"]: r for r in records if r["kind"] == "helpful" and not r.get("checks")}
+    monkeypatch.setattr(chat_eval_module, "chat_replies", fake_replies(lambda d: " ".join([by_prompt[d[-1]["content"]]["answer"]] * 6)))
+    long = chat_eval(None, None, list(by_prompt.values()))
+    assert long["metrics"]["correct"] == 1.0 and long["metrics"]["helpfulness"] < 0.6
+    # A wrong fact in the gold answer's form: not right.
+    wrong = {p: dict(candidate_responses(r, random.Random(0))).get("wrong") for p, r in by_prompt.items()}
+    wrong = {p: w for p, w in wrong.items() if w}
+    monkeypatch.setattr(chat_eval_module, "chat_replies", fake_replies(lambda d: wrong[d[-1]["content"]]))
+    assert wrong and chat_eval(None, None, [by_prompt[p] for p in wrong])["metrics"]["correct"] == 0.0
 
 
 def test_record_dialog_adds_a_system_prompt():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ..config import config_to_dict, load_config
-from ..eval.chat import chat_eval, paired_difference
+from ..eval.chat import SCORES, chat_eval, paired_difference
 from ..generate import SamplingParams
 from ..report import write_json, write_summary
 from ..trainer import Run, RunConfig
@@ -218,7 +218,7 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
     (evaluated like versions, not steps of the loop) get rows below them, compared with SFT only."""
     sft = versions[0]
     columns = ["version", "helpfulness", "Δ vs SFT [95% CI]", "Δ vs previous [95% CI]", "violation rate",
-               "Δ violation vs SFT [95% CI]", "false refusal", "parsed", "words per answer"]
+               "Δ violation vs SFT [95% CI]", "false refusal", "parsed", "words per answer", "answers fully right"]
     rows, metrics = [], {}
 
     def cell(d: dict | None) -> str:
@@ -231,9 +231,10 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
         viol = _difference(sft, ver, "violation") if j else None
         rows.append([ver["name"], round(m.get("helpfulness", 0.0), 4), cell(vs_sft), cell(vs_prev),
                      round(m.get("violation", 0.0), 4), cell(viol), round(m.get("false_refusal", 0.0), 4),
-                     round(m.get("parsed", 0.0), 4), round(m.get("words", 0.0), 1)])
+                     round(m.get("parsed", 0.0), 4), round(m.get("words", 0.0), 1),
+                     round(m["correct"], 4) if "correct" in m else ""])
         key = ver["name"]
-        for name in ("helpfulness", "violation", "false_refusal", "parsed", "words"):
+        for name in SCORES:
             if name in m:
                 metrics[f"{key}/{name}"] = m[name]
         for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol)):
