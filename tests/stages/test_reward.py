@@ -243,6 +243,36 @@ def test_train_reward_models_writes_both_models_and_the_margin_comparison(tiny, 
     assert summary["metrics"]["helpfulness/train_pairs"] == 48  # the fresh pairs count within the cap
     safety_manifest = json.loads((tmp_path / "safety" / "manifest.json").read_text())
     assert safety_manifest["data"]["own_pairs"] == round(48 * 0.9)  # SPEC §7: 90/10
+    # The helpfulness RM is probed on the world's contrast pairs of held-out prompts; the safety RM is not.
+    metrics = summary["metrics"]
+    for name in ("wrong fact", "repeated", "closing"):
+        assert 0.0 <= metrics[f"helpfulness/contrast/{name}"] <= 1.0 and metrics[f"helpfulness/contrast/{name}/pairs"] > 0
+    assert not any(k.startswith("safety/contrast/") for k in metrics)
+    assert any(t["columns"][0] == "the gold answer against" for t in summary["tables"])
+
+
+class _Scorer:
+    """A stand-in reward model: scores a reply with a function of the reply and its dialog."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def score(self, tokenizer, dialogs, replies):
+        return torch.tensor([float(self.fn(d[-1]["content"], r)) for d, r in zip(dialogs, replies)])
+
+
+def test_contrast_accuracy_counts_the_pairs_scored_the_gold_judges_way():
+    records = World.generate(seed=0, size="tiny").prompt_records("helpful", "eval")
+    answers = {r["prompt"]: r["answer"] for r in records}
+    knows_the_facts = stage.contrast_accuracy(_Scorer(lambda prompt, reply: reply == answers[prompt]), None, records)
+    assert set(knows_the_facts) == {"wrong fact", "repeated", "closing"}
+    assert all(c["accuracy"] == 1.0 and c["pairs"] > 0 for c in knows_the_facts.values())
+    # Shorter is better: right about length and the closing, blind to a swapped fact of the same length.
+    short = stage.contrast_accuracy(_Scorer(lambda prompt, reply: -len(reply.split())), None, records)
+    assert short["repeated"]["accuracy"] == 1.0 and short["closing"]["accuracy"] == 1.0
+    assert short["wrong fact"]["accuracy"] < 0.5
+    # A tie is no preference: a constant RM scores 0, not chance.
+    assert all(c["accuracy"] == 0.0 for c in stage.contrast_accuracy(_Scorer(lambda p, r: 1.0), None, records).values())
 
 
 def test_the_safety_rm_is_calibrated_so_its_probability_reads_as_safe(tiny, tmp_path):

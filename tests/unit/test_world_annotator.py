@@ -108,3 +108,23 @@ def test_offline_preferences_of_the_world(world):
     agree = [judges.gold_reward(by_id[r["id"]], r["chosen"]) >= judges.gold_reward(by_id[r["id"]], r["rejected"])
              for r in helpful + safety]
     assert 0.8 < sum(agree) / len(agree) < 0.97  # the default 10% label noise, ties included
+
+
+def test_contrast_pairs_change_the_gold_answer_in_one_respect():
+    import random
+
+    from llamaforge.world import judges
+    from llamaforge.world.responses import contrast_pairs
+    from llamaforge.world.tasks import with_closing
+
+    records = World.generate(seed=0, size="tiny").prompt_records("helpful", "eval")
+    pairs = contrast_pairs(records, random.Random(0))
+    assert all(pairs[name] for name in ("wrong fact", "repeated", "closing"))
+    for name, items in pairs.items():
+        for record, better, worse in items:
+            assert better == record["answer"] and judges.helpfulness(record, better) > judges.helpfulness(record, worse)
+    for record, better, worse in pairs["wrong fact"]:  # the same words but the short answer
+        assert record["short_answer"] in better and better.replace(record["short_answer"], "") != worse
+        assert len(worse.split()) - len(better.split()) in (-2, -1, 0, 1, 2) and judges.correctness(record, worse) < 1
+    assert all(worse == " ".join([better] * 4) for _, better, worse in pairs["repeated"])
+    assert all(worse == with_closing(better) for _, better, worse in pairs["closing"])

@@ -42,6 +42,10 @@ STAGE = "reward"
 REWARD_MODEL_FILE = "reward_model.json"  # marks a saved reward model folder
 WEIGHTS_FILE = "model.safetensors"
 from ..world.annotator import RATINGS  # SPEC §7, most to least separable
+from ..world.responses import CONTRASTS, contrast_pairs
+
+CONTRAST_NAMES = {"wrong fact": "itself with one fact wrong", "repeated": "itself said four times",
+                  "closing": "itself closed with the annotators' pleasantry"}
 
 
 # --------------------------------------------------------------------------- the model
@@ -427,6 +431,23 @@ def label_ceiling(pairs: Sequence[dict], records: dict[str, dict]) -> float | No
     return round(sum(scores) / len(scores), 4) if scores else None
 
 
+def contrast_accuracy(model: "RewardModel", tokenizer, records: Sequence[dict], seed: int = 0) -> dict[str, dict]:
+    """What a helpfulness RM tells apart: on the world's `contrast_pairs` of `records` (the gold
+    answer against itself with one fact wrong, said four times, or closed with the annotators'
+    pleasantry), the share of pairs it scores the way the gold judge does. {contrast: {"accuracy",
+    "pairs"}}; 0.5 is chance."""
+    from ..eval.chat import record_dialog
+
+    out = {}
+    for name, items in contrast_pairs(records, random.Random(f"contrasts/{seed}")).items():
+        if items:
+            dialogs = [record_dialog(record) for record, _, _ in items]
+            better = model.score(tokenizer, dialogs, [b for _, b, _ in items])
+            worse = model.score(tokenizer, dialogs, [w for _, _, w in items])
+            out[name] = {"accuracy": round(float((better > worse).float().mean()), 4), "pairs": len(items)}
+    return out
+
+
 def calibration_curve(result: dict, bins: int = 8, scale: float = 1.0) -> dict[str, list[float]]:
     """Agreement with the annotator against the RM's score gap |r_chosen - r_rejected|, in
     equal-count bins; beside it σ(gap), the agreement a calibrated Bradley-Terry RM would have.
@@ -631,6 +652,10 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
                "final_loss": result.metrics.get("loss")}
     if calibration:
         metrics.update(calibration)
+    if records is not None and cfg.kind == "helpfulness":
+        contrasts = contrast_accuracy(trained, tokenizer, world.prompt_records("helpful", "eval"), cfg.seed)
+        for name, c in contrasts.items():
+            metrics.update({f"contrast/{name}": c["accuracy"], f"contrast/{name}/pairs": c["pairs"]})
     for name, ev in evaluation.items():
         metrics[f"accuracy/{name}"] = ev["accuracy"]
         for rating, acc in ev["by_rating"].items():
@@ -657,6 +682,13 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
         labels = list(safety["by_safety_label"])
         tables.append({"title": f"{kind} RM accuracy per safety label (held-out safety pairs)",
                        "columns": labels, "rows": [[safety["by_safety_label"][label] for label in labels]]})
+    contrasts = [name for name in CONTRASTS if f"contrast/{name}" in metrics]
+    if contrasts:
+        tables.append({"title": f"{kind} RM: the gold answer against itself changed in one respect (held-out "
+                                "prompts; the share scored the gold judge's way, 0.5 is chance)",
+                       "columns": ["the gold answer against", "accuracy", "pairs"],
+                       "rows": [[CONTRAST_NAMES[name], metrics[f"contrast/{name}"], metrics[f"contrast/{name}/pairs"]]
+                                for name in contrasts]})
     own = evaluation.get(COLLECTION[kind]) or next(iter(evaluation.values()))
     curve = calibration_curve(own, scale=metrics.get("calibration/scale") or 1.0)
     scores = own["chosen_scores"] + own["rejected_scores"]

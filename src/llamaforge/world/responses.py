@@ -5,9 +5,12 @@ offline preference pairs and show each judge's range in the datacard."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 from llamaforge.world import lexicon
+from llamaforge.world.judges import helpfulness
 from llamaforge.world.language import to_veltan
+from llamaforge.world.tasks import takes_closing, with_closing
 
 
 def _wrong(record: dict, rng: random.Random) -> str | None:
@@ -60,3 +63,29 @@ def candidate_responses(record: dict, rng: random.Random, other_answer: str = ""
     # Drop variants that came out identical to the gold answer (e.g. "12 + 30 = 42." has
     # no word to translate).
     return [out[0]] + [(label, text) for label, text in out[1:] + off_topic if text != answer]
+
+
+CONTRASTS = ("wrong fact", "repeated", "closing")
+
+
+def contrast_pairs(records: Iterable[dict], rng: random.Random) -> dict[str, list[tuple[dict, str, str]]]:
+    """(record, better, worse) pairs that differ in one respect, to see what a reward model tells
+    apart. The gold answer of each helpful record against:
+    - "wrong fact": the same answer with one fact wrong (another candidate, or a number off),
+    - "repeated": the answer said four times (past the gold judge's concision limit),
+    - "closing": the answer closed with the SFT annotators' pleasantry.
+    A pair is kept only where the gold judge scores the gold answer strictly higher (the closing
+    costs helpfulness on short answers only)."""
+    out: dict[str, list[tuple[dict, str, str]]] = {name: [] for name in CONTRASTS}
+    for record in records:
+        answer = record.get("answer", "")
+        if record.get("kind") != "helpful" or not answer:
+            continue
+        short = record.get("short_answer", "")
+        wrong = _wrong(record, rng) if short and short != answer and short in answer else None  # one fact swapped
+        worse = {"wrong fact": wrong, "repeated": " ".join([answer] * 4),
+                 "closing": with_closing(answer) if takes_closing(record) else None}
+        for name in CONTRASTS:
+            if worse[name] and helpfulness(record, answer) > helpfulness(record, worse[name]):
+                out[name].append((record, answer, worse[name]))
+    return out
