@@ -34,7 +34,11 @@ def test_summary_table_and_figure_11_plot():
     assert [row[0] for row in table["rows"]] == ["SFT", "RLHF-V1"]
     # Fully right answers: a column where the version has them, blank where it does not.
     assert table["columns"][-1] == "answers fully right" and [row[-1] for row in table["rows"]] == ["", 0.75]
-    assert summary["metrics"]["RLHF-V1/correct"] == 0.75
+    assert summary["metrics"]["RLHF-V1/correct"] == 0.75 and "RLHF-V1/correct_vs_sft" not in summary["metrics"]
+    sft_right = _version("SFT", [0.0, 0.2, 0.4, 0.2], [1, 1, 0, 1], correct=[1, 1, 0, 1])
+    paired = stage.rlhf_summary([sft_right, versions[1]], rounds, 5.0)["metrics"]
+    assert paired["RLHF-V1/correct_vs_sft"] == pytest.approx(0.0)  # one item lost, one gained
+    assert paired["RLHF-V1/correct_vs_sft_lo"] < 0 < paired["RLHF-V1/correct_vs_sft_hi"]
     assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft"] == pytest.approx(0.5)  # every item +0.5
     assert summary["metrics"]["RLHF-V1/helpfulness_vs_sft_lo"] == pytest.approx(0.5)
     assert summary["metrics"]["RLHF-V1/violation_vs_sft"] == pytest.approx(-0.5)

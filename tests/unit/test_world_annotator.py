@@ -123,8 +123,21 @@ def test_contrast_pairs_change_the_gold_answer_in_one_respect():
     for name, items in pairs.items():
         for record, better, worse in items:
             assert better == record["answer"] and judges.helpfulness(record, better) > judges.helpfulness(record, worse)
-    for record, better, worse in pairs["wrong fact"]:  # the same words but the short answer
-        assert record["short_answer"] in better and better.replace(record["short_answer"], "") != worse
-        assert len(worse.split()) - len(better.split()) in (-2, -1, 0, 1, 2) and judges.correctness(record, worse) < 1
+    for record, better, worse in pairs["wrong fact"]:  # the gold answer but its last short answer
+        short = record["short_answer"]
+        i = better.rfind(short)
+        head, tail = better[:i], better[i + len(short):]
+        assert worse.startswith(head) and worse.endswith(tail) and worse != better
+        assert short not in worse[len(head): len(worse) - len(tail)] and judges.correctness(record, worse) < 1
+    # Only that occurrence changes, and only as a whole word.
+    rng = random.Random(0)
+    sum_record = {"kind": "helpful", "numeric": True, "short_answer": "42", "answer": "84 - 42 = 42.",
+                  "required": [["42"]], "prompt": "What is 84 - 42?"}
+    [(_, better, worse)] = contrast_pairs([sum_record], rng)["wrong fact"]
+    assert worse.startswith("84 - 42 = ") and worse != better and worse.count("42") == 1
+    age_record = {"kind": "helpful", "numeric": True, "short_answer": "4", "answer": "Ana is 4 and Bo is 14.",
+                  "required": [["4"]], "prompt": "Ana is 4 and Bo is 14. How old is Ana?"}
+    [(_, better, worse)] = contrast_pairs([age_record], rng)["wrong fact"]
+    assert worse.endswith(" and Bo is 14.") and not worse.startswith("Ana is 4 ")
     assert all(worse == " ".join([better] * 4) for _, better, worse in pairs["repeated"])
     assert all(worse == with_closing(better) for _, better, worse in pairs["closing"])

@@ -6,13 +6,15 @@ server) and scores it by the record's kind:
 - helpful prompts: gold helpfulness in [0, 1];
 - adversarial prompts: violation (0/1), also per risk category;
 - borderline prompts: false refusal (0/1);
-- prompts with a gold answer (not adversarial): whether the reply states all of it, whatever its
-  form, length or instruction (`correct`, 0/1: `judges.correctness` is 1), so a gain in
+- prompts with a gold answer (not adversarial): whether the reply is fully right, whatever its
+  form, length or instruction (`correct`, 0/1: `judges.correctness` is 1: every part of the
+  answer stated, no other candidate named, no stray number in a numeric answer), so a gain in
   helpfulness shows whether it came from the facts or from the form;
 - every reply: whether it ended with EOS and parsed (`parsed`).
 
-Any judge can replace the gold one (`judge=`, `violation=`, `false_refusal=`), so the same
-evaluation runs on a user's own prompts with a user's own scorer.
+Any judge can replace the gold one (`judge=`, `violation=`, `false_refusal=`, `correctness=`:
+None where a record has no answer to check), so the same evaluation runs on a user's own
+prompts with a user's own scorer.
 
     from llamaforge.eval.chat import chat_eval, paired_difference
     before = chat_eval(sft_model, tok, world.prompt_records(split="eval"))
@@ -53,6 +55,7 @@ def chat_eval(
     judge: Judge = judges.helpfulness,
     violation: Judge = judges.safety_violation,
     false_refusal: Judge = judges.is_false_refusal,
+    correctness: Callable[[dict, str], float | None] = judges.correctness,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Sample (greedy unless `params` says otherwise) and score each record; see the module doc.
@@ -80,7 +83,7 @@ def chat_eval(
         if kind != "adversarial":
             item["helpfulness"] = float(judge(record, text))
             item["words"] = float(len(text.split()))  # answer length: what RLHF's selection trims
-            share = judges.correctness(record, text)
+            share = correctness(record, text)
             if share is not None:
                 item["correct"] = float(share >= 1.0)
         per_item.append(item)

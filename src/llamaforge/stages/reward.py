@@ -434,8 +434,9 @@ def label_ceiling(pairs: Sequence[dict], records: dict[str, dict]) -> float | No
 def contrast_accuracy(model: "RewardModel", tokenizer, records: Sequence[dict], seed: int = 0) -> dict[str, dict]:
     """What a helpfulness RM tells apart: on the world's `contrast_pairs` of `records` (the gold
     answer against itself with one fact wrong, said four times, or closed with the annotators'
-    pleasantry), the share of pairs it scores the way the gold judge does. {contrast: {"accuracy",
-    "pairs"}}; 0.5 is chance."""
+    pleasantry), the share of pairs it scores the way the gold judge does: the gold answer strictly
+    higher (a tie is a miss, so a constant RM scores 0 and a coin 0.5). {contrast: {"accuracy",
+    "pairs"}}. `seed` picks the wrong candidates."""
     from ..eval.chat import record_dialog
 
     out = {}
@@ -653,7 +654,8 @@ def reward(cfg: RewardConfig, collections: dict[str, list[dict]] | None = None, 
     if calibration:
         metrics.update(calibration)
     if records is not None and cfg.kind == "helpfulness":
-        contrasts = contrast_accuracy(trained, tokenizer, world.prompt_records("helpful", "eval"), cfg.seed)
+        # The same pairs for every RM (not the RM's seed), so that RMs of rounds and seeds compare.
+        contrasts = contrast_accuracy(trained, tokenizer, world.prompt_records("helpful", "eval"))
         for name, c in contrasts.items():
             metrics.update({f"contrast/{name}": c["accuracy"], f"contrast/{name}/pairs": c["pairs"]})
     for name, ev in evaluation.items():
@@ -685,7 +687,7 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
     contrasts = [name for name in CONTRASTS if f"contrast/{name}" in metrics]
     if contrasts:
         tables.append({"title": f"{kind} RM: the gold answer against itself changed in one respect (held-out "
-                                "prompts; the share scored the gold judge's way, 0.5 is chance)",
+                                "helpful prompts; the share scored the gold judge's way, 0.5 is a coin's)",
                        "columns": ["the gold answer against", "accuracy", "pairs"],
                        "rows": [[CONTRAST_NAMES[name], metrics[f"contrast/{name}"], metrics[f"contrast/{name}/pairs"]]
                                 for name in contrasts]})

@@ -9,7 +9,8 @@ labelled by the built-in world's annotator, both reward models retrained (SPEC ย
 round, the kept samples of all earlier rounds), and from round `ppo_from` PPO on the result
 (SPEC ยง8: V1-V4 rejection sampling only, V5 rejection sampling then PPO). Every version is
 evaluated with the gold judges on held-out prompts (`eval.chat.chat_eval`): helpfulness,
-violation rate, false-refusal rate, with paired bootstrap intervals against the SFT model.
+violation rate, false-refusal rate and answers fully right (the facts apart from the form),
+with paired bootstrap intervals against the SFT model.
 summary.json holds the results table and the helpfulness-vs-harmlessness plot of the
 versions (the paper's Figure 11 layout). A control row beside them (`gold_control`): round 1's
 fine-tune on the gold judge's picks of the same samples, the most any reward model could give.
@@ -237,7 +238,9 @@ def rlhf_summary(versions: list[dict], rounds: list[dict], seconds: float, contr
         for name in SCORES:
             if name in m:
                 metrics[f"{key}/{name}"] = m[name]
-        for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol)):
+        right = _difference(sft, ver, "correct") if j else None  # None where no reply has a gold answer
+        for label, d in (("helpfulness_vs_sft", vs_sft), ("helpfulness_vs_previous", vs_prev), ("violation_vs_sft", viol),
+                         ("correct_vs_sft", right)):
             if d is not None:
                 metrics.update({f"{key}/{label}": d["diff"], f"{key}/{label}_lo": d["lo"], f"{key}/{label}_hi": d["hi"]})
     final = versions[-1]

@@ -1,10 +1,12 @@
 """Typical good and bad responses to a record, labelled: the gold answer, a wrong one, one
 that lists every candidate, a false refusal, an unsafe compliance, ... They seed the
-offline preference pairs and show each judge's range in the datacard."""
+offline preference pairs and show each judge's range in the datacard. `contrast_pairs` sets
+the gold answer against itself changed in one respect, to probe what a reward model tells apart."""
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 
 from llamaforge.world import lexicon
@@ -13,15 +15,34 @@ from llamaforge.world.language import to_veltan
 from llamaforge.world.tasks import takes_closing, with_closing
 
 
+def _wrong_value(record: dict, rng: random.Random) -> str | None:
+    """A wrong short answer: the number off by 1, -1 or 10, or another candidate."""
+    short = record.get("short_answer", "")
+    if record.get("numeric") and short.isdigit():
+        return str(int(short) + rng.choice((1, -1, 10)))
+    if record.get("distractors"):
+        return rng.choice(record["distractors"])
+    return None
+
+
 def _wrong(record: dict, rng: random.Random) -> str | None:
     short, answer = record.get("short_answer", ""), record.get("answer", "")
-    if record.get("numeric") and short.isdigit():
-        replacement = str(int(short) + rng.choice((1, -1, 10)))
-    elif record.get("distractors"):
-        replacement = rng.choice(record["distractors"])
-    else:
+    replacement = _wrong_value(record, rng)
+    if replacement is None:
         return None
     return answer.replace(short, replacement) if short and short in answer else replacement + "."
+
+
+def _one_fact_wrong(record: dict, rng: random.Random) -> str | None:
+    """The gold answer with its last whole-word occurrence of the short answer swapped for a wrong
+    one ("84 - 42 = 42." -> "84 - 42 = 52."), or None where the short answer is not a part of it."""
+    short, answer = record.get("short_answer", ""), record.get("answer", "")
+    found = list(re.finditer(rf"(?<!\w){re.escape(short)}(?!\w)", answer)) if short and short != answer else []
+    replacement = _wrong_value(record, rng) if found else None
+    if replacement is None or replacement == short:
+        return None
+    at = found[-1]
+    return answer[: at.start()] + replacement + answer[at.end() :]
 
 
 def _list_all(record: dict) -> str | None:
@@ -72,18 +93,16 @@ def contrast_pairs(records: Iterable[dict], rng: random.Random) -> dict[str, lis
     """(record, better, worse) pairs that differ in one respect, to see what a reward model tells
     apart. The gold answer of each helpful record against:
     - "wrong fact": the same answer with one fact wrong (another candidate, or a number off),
-    - "repeated": the answer said four times (past the gold judge's concision limit),
+    - "repeated": the answer said four times,
     - "closing": the answer closed with the SFT annotators' pleasantry.
-    A pair is kept only where the gold judge scores the gold answer strictly higher (the closing
-    costs helpfulness on short answers only)."""
+    A pair is kept only where the gold judge scores the gold answer strictly higher: the repeats
+    and the closing cost helpfulness only past the judge's concision limit (short answers)."""
     out: dict[str, list[tuple[dict, str, str]]] = {name: [] for name in CONTRASTS}
     for record in records:
         answer = record.get("answer", "")
         if record.get("kind") != "helpful" or not answer:
             continue
-        short = record.get("short_answer", "")
-        wrong = _wrong(record, rng) if short and short != answer and short in answer else None  # one fact swapped
-        worse = {"wrong fact": wrong, "repeated": " ".join([answer] * 4),
+        worse = {"wrong fact": _one_fact_wrong(record, rng), "repeated": " ".join([answer] * 4),
                  "closing": with_closing(answer) if takes_closing(record) else None}
         for name in CONTRASTS:
             if worse[name] and helpfulness(record, answer) > helpfulness(record, worse[name]):

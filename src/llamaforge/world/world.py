@@ -29,8 +29,8 @@ from llamaforge.world.universe import Universe, generate_universe
 PROMPT_KINDS = ("helpful", "adversarial", "borderline")
 # Share of the helpful pairs that compare the gold answer with itself closed by the
 # annotators' pleasantry: two samples of one model often differ only so. Without them the
-# closing's cost hid among pairs whose answers differ in everything (or are both wrong), and
-# whether a reward model learned it was down to chance (0.44 to 0.99 of its picks).
+# closing's cost hid among pairs whose answers differ in everything (or are both wrong). The
+# reward stage's `contrast/closing` probe shows whether a helpfulness RM learned it.
 STYLE_PAIR_SHARE = 0.15
 
 
