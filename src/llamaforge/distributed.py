@@ -10,6 +10,7 @@ Every helper here is a no-op (or the identity) in a single process.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -59,8 +60,14 @@ def destroy(*, wait: bool = True) -> None:
     """Leave the process group. wait (after a run that finished on every rank): first wait for
     all ranks, since a rank that tore gloo's group down while another still finished its run
     aborted ("terminate called without an active exception"), once in a CI run of the two-rank
-    pretraining test. Not after an error: the other ranks may never arrive."""
+    pretraining test. Not after an error: the other ranks may never arrive.
+
+    Call it with no reference left to the sharded model and optimizer: their device mesh and
+    pending work hold gloo's group, which is then freed only at interpreter exit, where freeing
+    it can abort the same way (pytorch/pytorch#179291; a second time in our CI, 2026-12-07,
+    with the barrier in place). Garbage is collected first for the same reason."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if wait:
             dist.barrier()
         dist.destroy_process_group()

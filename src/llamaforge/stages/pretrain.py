@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_cli(PretrainConfig, argv, prog="llamaforge pretrain", description=__doc__.split("\n\n")[0])
     started_group = not distributed.info().is_distributed
     distributed.init_distributed("cuda" if cfg.train.device.startswith("cuda") else None)
-    finished = False
+    finished, stopped_by = False, None
     try:
-        result = pretrain(cfg)
+        stopped_by = pretrain(cfg).stopped_by  # the sharded model goes before the group (`distributed.destroy`)
         finished = True
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         # Problems with the inputs (paths, shapes, vocabularies): the message says what to do.
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started_group:
             distributed.destroy(wait=finished)
-    return {"SIGINT": 130, "SIGTERM": 143}.get(result.stopped_by or "", 0)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(stopped_by or "", 0)
 
 
 def pretrain(cfg: PretrainConfig) -> TrainResult:
