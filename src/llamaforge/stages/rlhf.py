@@ -158,6 +158,10 @@ def rlhf(cfg: RLHFConfig, *, world=None, out_dir: str | Path | None = None) -> d
                 raise ValueError(f"first_round_rms takes two folders (helpfulness RM, safety RM), got {cfg.first_round_rms}")
             rms, (helpful_rm, safety_rm) = {"metrics": {}}, cfg.first_round_rms
         else:
+            # The world's pairs and this round's fresh ones. SPEC §7 trains on all the pairs collected
+            # so far; adding round 1's fresh pairs to round 2's was measured once on the demo (2026-12-07):
+            # V2's rejection sampling -0.005 against V1 (was -0.014), but PPO -0.019 [-0.035, -0.004]
+            # against it, the final model +0.033 against SFT (was +0.048) and GAtt downstream 0.896 (< 0.9).
             rms = train_reward_models(cfg.sft, world, round_dir / "reward", policy=str(policy),
                                       policy_pairs=cfg.policy_pairs, compare_margin=False, seed=cfg.seed + i,
                                       overrides=cfg.reward_overrides)
