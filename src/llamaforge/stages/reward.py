@@ -44,9 +44,6 @@ WEIGHTS_FILE = "model.safetensors"
 from ..world.annotator import RATINGS  # SPEC §7, most to least separable
 from ..world.responses import CONTRASTS, contrast_pairs
 
-CONTRAST_NAMES = {"wrong fact": "itself with one fact wrong", "repeated": "itself said four times",
-                  "closing": "itself closed with the annotators' pleasantry"}
-
 
 # --------------------------------------------------------------------------- the model
 
@@ -439,13 +436,17 @@ def contrast_accuracy(model: "RewardModel", tokenizer, records: Sequence[dict], 
     "pairs"}}. `seed` picks the wrong candidates."""
     from ..eval.chat import record_dialog
 
+    pairs = contrast_pairs(records, random.Random(f"contrasts/{seed}"))
+    # Each record's gold answer is scored once, whatever the number of its contrasts.
+    golds = {id(record): (record, better) for items in pairs.values() for record, better, _ in items}
+    gold_scores = dict(zip(golds, model.score(tokenizer, [record_dialog(r) for r, _ in golds.values()],
+                                              [b for _, b in golds.values()]).tolist()))
     out = {}
-    for name, items in contrast_pairs(records, random.Random(f"contrasts/{seed}")).items():
+    for name, items in pairs.items():
         if items:
-            dialogs = [record_dialog(record) for record, _, _ in items]
-            better = model.score(tokenizer, dialogs, [b for _, b, _ in items])
-            worse = model.score(tokenizer, dialogs, [w for _, _, w in items])
-            out[name] = {"accuracy": round(float((better > worse).float().mean()), 4), "pairs": len(items)}
+            worse = model.score(tokenizer, [record_dialog(record) for record, _, _ in items], [w for _, _, w in items])
+            wins = [gold_scores[id(record)] > w for (record, _, _), w in zip(items, worse.tolist())]
+            out[name] = {"accuracy": round(sum(wins) / len(wins), 4), "pairs": len(items)}
     return out
 
 
@@ -689,7 +690,7 @@ def reward_summary(kind: str, evaluation: dict, metrics: dict, seconds: float, m
         tables.append({"title": f"{kind} RM: the gold answer against itself changed in one respect (held-out "
                                 "helpful prompts; the share scored the gold judge's way, 0.5 is a coin's)",
                        "columns": ["the gold answer against", "accuracy", "pairs"],
-                       "rows": [[CONTRAST_NAMES[name], metrics[f"contrast/{name}"], metrics[f"contrast/{name}/pairs"]]
+                       "rows": [[CONTRASTS[name], metrics[f"contrast/{name}"], metrics[f"contrast/{name}/pairs"]]
                                 for name in contrasts]})
     own = evaluation.get(COLLECTION[kind]) or next(iter(evaluation.values()))
     curve = calibration_curve(own, scale=metrics.get("calibration/scale") or 1.0)

@@ -86,7 +86,9 @@ def candidate_responses(record: dict, rng: random.Random, other_answer: str = ""
     return [out[0]] + [(label, text) for label, text in out[1:] + off_topic if text != answer]
 
 
-CONTRASTS = ("wrong fact", "repeated", "closing")
+# name -> what the gold answer is set against
+CONTRASTS = {"wrong fact": "itself with one fact wrong", "repeated": "itself said four times",
+             "closing": "itself closed with the annotators' pleasantry"}
 
 
 def contrast_pairs(records: Iterable[dict], rng: random.Random) -> dict[str, list[tuple[dict, str, str]]]:
@@ -104,7 +106,8 @@ def contrast_pairs(records: Iterable[dict], rng: random.Random) -> dict[str, lis
             continue
         worse = {"wrong fact": _one_fact_wrong(record, rng), "repeated": " ".join([answer] * 4),
                  "closing": with_closing(answer) if takes_closing(record) else None}
+        gold = helpfulness(record, answer)
         for name in CONTRASTS:
-            if worse[name] and helpfulness(record, answer) > helpfulness(record, worse[name]):
+            if worse[name] and gold > helpfulness(record, worse[name]):
                 out[name].append((record, answer, worse[name]))
     return out
