@@ -5,7 +5,9 @@ benchmarks run on (benchmarks/RESULTS.md):
 
 - fp32 matmuls through oneDNN: torch's default fp32 GEMM (MKL) takes a path half as wide as
   the CPU there, ~210 GFLOP/s, where oneDNN reaches ~420 for the same shapes, in fp32
-  throughout (bf16 under autocast goes to oneDNN already). `matmul`, `linear`.
+  throughout (bf16 under autocast goes to oneDNN already). `matmul`, `linear`. Only on CPUs
+  with AVX-512: on an AVX2-only EPYC both kernels run near 150 GFLOP/s and a stories15M fp32
+  training step took longer through oneDNN (2.18 against 1.77 s), so MKL keeps them there.
 - decoding reads the weights on every core: a matmul of a few rows is bound by reading the
   weight, and MKL reads it on one core. With the weight stored as the transpose of a
   contiguous [in, out] matrix (`decode_layout`), the input dimension splits into one
@@ -32,12 +34,23 @@ _onednn: bool | None = None  # decided on first use
 
 
 def onednn_matmuls() -> bool:
-    """Whether fp32 CPU matmuls go through oneDNN. Off with LLAMAFORGE_ONEDNN=0, and where this
-    torch lacks the op or gives a wrong result."""
+    """Whether fp32 CPU matmuls go through oneDNN: where torch runs the CPU at AVX-512 (see the
+    module doc), unless LLAMAFORGE_ONEDNN says otherwise (1: on, 0: off). Never where this torch
+    lacks the op or gives a wrong result. Decided once per process, by the CPU and not by a
+    timing, so one machine always takes the same kernels (and rounds the same way)."""
     global _onednn
     if _onednn is None:
-        _onednn = os.environ.get("LLAMAFORGE_ONEDNN", "1") != "0" and _onednn_works()
+        _onednn = _wants_onednn(os.environ.get("LLAMAFORGE_ONEDNN", ""), torch.backends.cpu.get_cpu_capability())
+        _onednn = _onednn and _onednn_works()
     return _onednn
+
+
+def _wants_onednn(setting: str, capability: str) -> bool:
+    """LLAMAFORGE_ONEDNN's value ("1", "0", or anything else: decide by the CPU) and torch's CPU
+    capability ("AVX512", "AVX2", ...) -> whether to try oneDNN for fp32 matmuls."""
+    if setting in ("0", "1"):
+        return setting == "1"
+    return capability.upper().startswith("AVX512")
 
 
 def _onednn_works() -> bool:

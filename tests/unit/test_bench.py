@@ -135,6 +135,25 @@ def test_keep_freed_memory_reports_and_respects_the_switch(monkeypatch):
     assert cpu_kernels.keep_freed_memory() is expected  # decided once
 
 
+def test_onednn_is_the_default_on_avx512_cpus_only_and_the_switch_overrides(monkeypatch):
+    wants = cpu_kernels._wants_onednn
+    assert wants("", "AVX512") and wants("auto", "avx512")
+    assert not wants("", "AVX2") and not wants("", "DEFAULT")
+    assert wants("1", "AVX2") and not wants("0", "AVX512")
+    # onednn_matmuls() asks torch for this CPU's capability, once per process.
+    monkeypatch.setattr(cpu_kernels, "_onednn", None)
+    monkeypatch.setenv("LLAMAFORGE_ONEDNN", "0")
+    assert cpu_kernels.onednn_matmuls() is False
+    monkeypatch.setattr(cpu_kernels, "_onednn", None)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("LLAMAFORGE_ONEDNN")
+    assert cpu_kernels.onednn_matmuls() is cpu_kernels._onednn_works()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert cpu_kernels.onednn_matmuls() is cpu_kernels._onednn_works()  # decided once
+    monkeypatch.setattr(cpu_kernels, "_onednn", None)
+    assert cpu_kernels.onednn_matmuls() is False
+
+
 def test_model_with_targets_returns_the_summed_loss_of_its_logits():
     model = Transformer(ModelArgs.from_preset("tiny", vocab_size=64))
     tokens = torch.randint(0, 64, (2, 12))
