@@ -40,8 +40,8 @@ def onednn_matmuls() -> bool:
     timing, so one machine always takes the same kernels (and rounds the same way)."""
     global _onednn
     if _onednn is None:
-        _onednn = _wants_onednn(os.environ.get("LLAMAFORGE_ONEDNN", ""), torch.backends.cpu.get_cpu_capability())
-        _onednn = _onednn and _onednn_works()
+        wanted = _wants_onednn(os.environ.get("LLAMAFORGE_ONEDNN", ""), torch.backends.cpu.get_cpu_capability())
+        _onednn = wanted and _onednn_works()
     return _onednn
 
 
