@@ -691,7 +691,7 @@ def _has_transformers() -> bool:
 
 
 def _cpu_has_bf16_matmul() -> bool:
-    from .trainer import cpu_has_bf16_matmul
+    from .cpu_kernels import cpu_has_bf16_matmul
 
     return cpu_has_bf16_matmul()
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import NATIVE_WEIGHTS, atomic_dir
-from .cpu_kernels import keep_freed_memory
+from .cpu_kernels import cpu_has_bf16_matmul, keep_freed_memory
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -191,13 +191,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", distributed.info().local_rank)
     return device
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """AVX512-BF16 or AMX: without them a CPU emulates bf16 and autocast is many times slower."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
-    return any(check is not None and check() for check in checks)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -884,6 +877,9 @@ def train(
     dist = distributed.info()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16_matmul():
+        distributed.print0("llamaforge: precision=bf16 on a CPU without bf16 matrix units (AVX512-BF16 or AMX): "
+                           "its matmuls are emulated, many times slower than fp32; precision=auto picks fp32 here")
     if device.type == "cpu":
         keep_freed_memory()  # a quarter of a CPU step went to page faults on big tensors
     checkpoints = list_checkpoints(run.path) if run.cfg.resume else []

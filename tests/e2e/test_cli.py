@@ -79,6 +79,39 @@ def test_generate_greedy_is_deterministic(model_dir, capsys):
     assert first["prompt"] == "the cat" and first["finish_reason"] in ("stop", "length")
 
 
+@pytest.mark.parametrize("units", [False, True])
+def test_half_precision_on_a_cpu_without_bf16_units_warns_and_still_generates(model_dir, capsys, monkeypatch, units):
+    from llamaforge import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: units)
+    argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "4", "--no-stream", "--device", "cpu"]
+    assert main([*argv, "--dtype", "bf16"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["prompt"] == "the cat"
+    assert ("no bf16 matrix units" in err and "--dtype fp32" in err) != units
+    assert main(argv) == 0  # fp32: never
+    assert "matrix units" not in capsys.readouterr().err
+
+
+def test_inference_commands_hold_the_decode_layout_and_replies_copy_no_weights(model_dir):
+    import argparse
+
+    from llamaforge.cli import _load_for_inference
+    from llamaforge.generate import SamplingParams, generate
+
+    args = argparse.Namespace(model=str(model_dir), tokenizer=None, device="cpu", dtype="fp32", int8=False)
+    model, tok = _load_for_inference(args)
+    w = model.layers[0].feed_forward.w2.weight
+    assert not w.is_contiguous() and w.t().is_contiguous()  # stored as the transpose of [in, out]
+    pointers = [p.data_ptr() for p in model.parameters()]
+    prompt = [tok.bos_id, *tok.encode("the cat")]
+    held = generate(model, [prompt], SamplingParams(max_new_tokens=12))[0].tokens
+    assert [p.data_ptr() for p in model.parameters()] == pointers  # no copy in, none back out
+    plain = load_model(model_dir)
+    assert generate(plain, [prompt], SamplingParams(max_new_tokens=12))[0].tokens == held
+    assert all(p.is_contiguous() for p in plain.parameters())  # generate() alone gives the layout back
+
+
 def test_generate_with_int8_weights(model_dir, capsys, monkeypatch):
     from llamaforge import quantize
 

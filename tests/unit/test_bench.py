@@ -79,7 +79,8 @@ def test_chunked_cross_entropy_of_a_hopeless_token_is_finite_and_right(dtype):
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
-def test_bf16_causal_attention_matches_flash_attention_in_fp32(heads, kv_heads):
+def test_bf16_causal_attention_matches_flash_attention_in_fp32(monkeypatch, heads, kv_heads):
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: True)  # the math, on any CPU
     torch.manual_seed(0)
     B, T, D = 2, 24, 16
     q32, k32, v32 = torch.randn(B, heads, T, D), torch.randn(B, kv_heads, T, D), torch.randn(B, kv_heads, T, D)
@@ -118,6 +119,14 @@ def test_causal_attention_leaves_other_inputs_to_sdpa(monkeypatch):
     assert cpu_kernels.causal_attention(b, b[:, :, :5], b[:, :, :5]) is None  # keys != queries
     assert cpu_kernels.causal_attention(b.half(), b.half(), b.half()) is None  # fp16: no fast CPU matmuls
     assert cpu_kernels.causal_attention(b, b.float(), b) is None  # mixed dtypes
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: True)
+    assert cpu_kernels.causal_attention(b, b, b) is not None
+    assert cpu_kernels.causal_attention(b.float(), b.float(), b.float()) is not None
+    # Without bf16 matrix units a bf16 batched matmul is emulated (many times slower): flash takes it.
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: False)
+    assert cpu_kernels.causal_attention(b, b, b) is None
+    assert cpu_kernels.causal_attention(b.float(), b.float(), b.float()) is not None
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: True)
     monkeypatch.setattr(cpu_kernels, "MAX_SCORES", 2 * 8 * 8 - 1)
     assert cpu_kernels.causal_attention(b, b, b) is None
 
@@ -207,6 +216,15 @@ def test_prefill_under_the_decode_layout_gives_onednn_no_strided_weight(monkeypa
             assert not cpu_kernels.onednn_applies(model.layers[0].attention.wk.weight)
     assert operands and all(b.is_contiguous() or b.t().is_contiguous() for b in operands)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 7, 256])
+def test_transposed_copy_in_row_blocks_is_the_contiguous_transpose(monkeypatch, rows):
+    monkeypatch.setattr(cpu_kernels, "TRANSPOSE_ROWS", rows)
+    m = torch.randn(10, 6)
+    for source in (m, m[:, 1:4], m.t()):  # contiguous, a column block, a transposed view
+        out = cpu_kernels.transposed_copy(source)
+        assert out.is_contiguous() and torch.equal(out, source.t())
 
 
 def test_decode_layout_lasts_one_generation_and_keeps_training_exact():

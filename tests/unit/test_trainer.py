@@ -293,6 +293,18 @@ def test_activation_checkpointing_changes_memory_not_results():
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("units", [False, True])
+def test_bf16_asked_for_on_a_cpu_without_bf16_units_warns(tmp_path, capsys, monkeypatch, units):
+    import llamaforge.trainer as trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16_matmul", lambda: units)
+    for precision in ("bf16", "fp32"):
+        cfg = TrainConfig(max_steps=1, warmup_steps=0, checkpoint_every=0, precision=precision)
+        train(tiny_model(), Tokens(), causal_lm_loss, cfg, quiet_run(tmp_path / precision))
+        warned = "without bf16 matrix units" in capsys.readouterr().err
+        assert warned == (precision == "bf16" and not units)
+
+
 def test_bf16_autocast_trains_close_to_fp32():
     fp32, _ = _one_step(TrainConfig(warmup_steps=0))
     bf16, model = _one_step(TrainConfig(warmup_steps=0, precision="bf16"), "bf16")
