@@ -14,7 +14,10 @@ Medians are reported, with the ratio to transformers measured in the same run.
   prefill tokens/s at batch 8, decode tokens/s at batch 1 and 8, taken as
   (new tokens - 1) / (time for all new tokens - time for the first); each decode row also
   gives its share of the memory-bandwidth bound (bytes read per step, weights and KV cache, /
-  the read bandwidth measured in the same run).
+  the read bandwidth measured in the same run). On CPU a third row, "llamaforge layout held",
+  is a copy of the model kept in the decode layout between calls, as `llamaforge chat`,
+  `generate` and `serve` keep it; a plain `generate()` call copies the weights into that
+  layout and back out (`cpu_kernels.decode_layout`).
 
     llamaforge bench --quick                      # stories15M, a few minutes on 2 CPU cores
     llamaforge bench --configs stories15M gqa 110M --compile --out results.md
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -42,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .cpu_kernels import keep_freed_memory, onednn_matmuls
+from .cpu_kernels import keep_freed_memory, onednn_matmuls, use_decode_layout
 from .model import ModelArgs, Transformer
 
 
@@ -90,6 +94,7 @@ CONFIGS = {
 
 TRANSFORMERS = "transformers"
 LLAMAFORGE = "llamaforge"
+HELD = "layout held"  # the CPU decode layout kept between calls, as chat/serve keep it
 
 
 # --------------------------------------------------------------------------- timing
@@ -426,6 +431,13 @@ def generation_candidates(ours: Transformer, hf, *, compile: bool) -> dict[str, 
     fns[LLAMAFORGE] = ours_generate
     if compile:
         fns[f"{LLAMAFORGE} compiled"] = lambda prompts, n: ours_generate(prompts, n, compiled=True)
+    if next(ours.parameters()).device.type == "cpu":
+        # As `llamaforge chat/generate/serve` run it: a copy of the model kept in the decode layout
+        # for good, where each generate() call above copies its weights in and back out.
+        held = copy.deepcopy(ours)
+        if use_decode_layout(held):
+            fns[f"{LLAMAFORGE} {HELD}"] = lambda prompts, n: [
+                c.tokens for c in generate(held, prompts.tolist(), SamplingParams(max_new_tokens=n))]
     return fns
 
 

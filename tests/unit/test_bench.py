@@ -300,6 +300,8 @@ def test_bench_report_on_a_tiny_config():
         assert ours > 0 and group["llamaforge"]["vs_transformers"] == pytest.approx(expected)
     train = {r["impl"]: r for r in rows if r["what"] == "train fp32"}
     assert set(train) == {"transformers", "llamaforge", "llamaforge act. checkpointing"}
+    decode = {r["impl"] for r in rows if r["what"] == "decode float32 b1"}
+    assert decode == {"transformers", "llamaforge", "llamaforge layout held"}  # as chat/serve keep the model
     assert all(0 < r["mfu"] < 10 for r in train.values())
     notes = [r["note"] for r in report["rows"] if r["impl"] == "note"]
     assert any("agree with transformers" in n for n in notes)  # same weights, same greedy tokens
