@@ -179,13 +179,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """
     B, H, T, D = q.shape
     if (
-        q.device.type != "cpu"
+        torch.compiler.is_compiling()  # first: nothing after it is traced
+        or q.device.type != "cpu"
         or not q.dtype == k.dtype == v.dtype
         or q.dtype not in (torch.float32, torch.bfloat16)
         or (q.dtype == torch.bfloat16 and not cpu_has_bf16_matmul())
         or k.shape[2] != T
         or B * H * T * T > MAX_SCORES
-        or torch.compiler.is_compiling()
     ):
         return None
     return _CausalAttention.apply(q, k, v, FP32_QUERY_BLOCK if q.dtype == torch.float32 else T)
