@@ -16,8 +16,8 @@ Medians are reported, with the ratio to transformers measured in the same run.
   gives its share of the memory-bandwidth bound (bytes read per step, weights and KV cache, /
   the read bandwidth measured in the same run). On CPU a third row, "llamaforge layout held",
   is a copy of the model kept in the decode layout between calls, as `llamaforge chat`,
-  `generate` and `serve` keep it; a plain `generate()` call copies the weights into that
-  layout and back out (`cpu_kernels.decode_layout`).
+  `generate` and `serve` keep it; a plain `generate()` call with 8 decode steps or more after
+  the first token copies the weights into that layout and back out (`cpu_kernels.decode_layout`).
 
     llamaforge bench --quick                      # stories15M, a few minutes on 2 CPU cores
     llamaforge bench --configs stories15M gqa 110M --compile --out results.md

@@ -131,21 +131,26 @@ def _load_for_inference(args):
 
         quantize_int8(model)
     # An inference-only process keeps the CPU decode layout from here on (cpu_kernels), as the server
-    # does: each reply would otherwise copy the weights into it and back (110M bench config: 0.34 s).
+    # does: each chat reply would otherwise copy the weights into it and back (110M bench config:
+    # ~0.3 s a reply). A one-shot `generate` pays the copy in once and never the copy back.
     use_decode_layout(model)
     return model, Tokenizer(find_tokenizer(args.model, args.tokenizer))
 
 
 def _warn_if_emulated(dtype, device: str) -> None:
-    """bf16/fp16 weights on a CPU without bf16 matrix units (AVX512-BF16, AMX) run through
-    emulated kernels: on an AVX2-only EPYC a 200-token prefill took 4-6x as long as in fp32."""
+    """bf16 (fp16) weights on a CPU without bf16 (fp16) matrix units run through emulated
+    kernels: on an AVX2-only EPYC a 200-token prefill took 4-6x as long as in fp32, where
+    --int8 decoded 1.27-1.40x faster than fp32 (benchmarks/RESULTS.md)."""
     import torch
 
-    from .cpu_kernels import cpu_has_bf16_matmul
+    from .cpu_kernels import cpu_has_bf16_matmul, cpu_has_fp16_matmul
 
-    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_bf16_matmul():
-        name = "bf16" if dtype == torch.bfloat16 else "fp16"
-        print(f"llamaforge: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so {name} matmuls are emulated "
+    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return
+    name, units, fast = (("bf16", "AVX512-BF16 or AMX", cpu_has_bf16_matmul()) if dtype == torch.bfloat16
+                         else ("fp16", "AMX-FP16", cpu_has_fp16_matmul()))
+    if not fast:
+        print(f"llamaforge: this CPU has no {name} matrix units ({units}), so {name} matmuls are emulated "
               f"and several times slower than fp32; --dtype fp32 is faster here (--int8 too, for decoding)",
               file=sys.stderr)
 

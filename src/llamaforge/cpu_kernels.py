@@ -15,7 +15,8 @@ benchmarks run on (benchmarks/RESULTS.md):
   for a decode step of the GQA bench config). `split_rows_linear`; projections that share
   their input share one such matrix, `fused_rows_linear`, and in training one transposed copy
   of their input for the weight gradients, `shared_input_linear`.
-- causal attention by batched matmuls instead of torch's CPU flash kernel. `causal_attention`.
+- causal attention by batched matmuls instead of torch's CPU flash kernel, in bf16 only on CPUs
+  with bf16 matrix units (elsewhere a bf16 batched matmul is emulated). `causal_attention`.
 - big blocks of memory reused instead of page-faulted in again every step. `keep_freed_memory`.
 """
 
@@ -67,6 +68,12 @@ def cpu_has_bf16_matmul() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
     return any(check is not None and check() for check in checks)
+
+
+def cpu_has_fp16_matmul() -> bool:
+    """AMX-FP16: without it fp16 matmuls on a CPU are emulated (bf16 units do not serve fp16)."""
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_fp16_supported", None)
+    return check is not None and check()
 
 
 def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -324,10 +331,13 @@ def use_decode_layout(model: nn.Module) -> list[nn.Linear]:
         for module in model.modules():
             group = [getattr(module, name) for name in getattr(module, "decode_fused", ())]
             if len(group) > 1 and all(plain(m) for m in group) and len({m.weight.dtype for m in group}) == 1:
-                fused = torch.cat([m.weight.data.t() for m in group], dim=1)  # [in, sum of outs], contiguous
+                first = group[0].weight
+                fused = first.new_empty(first.shape[1], sum(m.weight.shape[0] for m in group))  # [in, sum of outs]
                 start = 0
                 for m in group:
-                    m.weight.data = fused[:, start : start + m.weight.shape[0]].t()
+                    block = fused[:, start : start + m.weight.shape[0]]
+                    transposed_copy(m.weight.data, out=block)
+                    m.weight.data = block.t()
                     start += m.weight.shape[0]
                 changed += group
         for module in model.modules():
@@ -340,12 +350,13 @@ def use_decode_layout(model: nn.Module) -> list[nn.Linear]:
 TRANSPOSE_ROWS = 256  # rows of the source a transposing copy takes at a time
 
 
-def transposed_copy(m: torch.Tensor) -> torch.Tensor:
-    """m.t() as a new contiguous matrix, copied a block of rows at a time: a block's columns
-    stay in cache while they are written out. torch's one-call copy of a transposed matrix ran
-    at ~1-3 GB/s on 2 cores; the decode layout in and out of the 110M bench config took
-    433 ms that way."""
-    out = torch.empty(m.shape[1], m.shape[0], dtype=m.dtype, device=m.device)
+def transposed_copy(m: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """m.t() as a new contiguous matrix (or written into `out`, [cols, rows], e.g. a column block
+    of a wider matrix), copied a block of rows at a time: a block's columns stay in cache while
+    they are written out. torch's one-call copy of a transposed matrix ran at ~1-3 GB/s on 2
+    cores; the decode layout in and out of the 110M bench config took 433 ms that way."""
+    if out is None:
+        out = torch.empty(m.shape[1], m.shape[0], dtype=m.dtype, device=m.device)
     for start in range(0, m.shape[0], TRANSPOSE_ROWS):
         out[:, start : start + TRANSPOSE_ROWS].copy_(m[start : start + TRANSPOSE_ROWS].t())
     return out

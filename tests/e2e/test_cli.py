@@ -79,16 +79,18 @@ def test_generate_greedy_is_deterministic(model_dir, capsys):
     assert first["prompt"] == "the cat" and first["finish_reason"] in ("stop", "length")
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("units", [False, True])
-def test_half_precision_on_a_cpu_without_bf16_units_warns_and_still_generates(model_dir, capsys, monkeypatch, units):
+def test_half_precision_on_a_cpu_without_its_units_warns_and_still_generates(model_dir, capsys, monkeypatch, units,
+                                                                            dtype):
     from llamaforge import cpu_kernels
 
-    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", lambda: units)
+    monkeypatch.setattr(cpu_kernels, f"cpu_has_{dtype}_matmul", lambda: units)
     argv = ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "4", "--no-stream", "--device", "cpu"]
-    assert main([*argv, "--dtype", "bf16"]) == 0
+    assert main([*argv, "--dtype", dtype]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["prompt"] == "the cat"
-    assert ("no bf16 matrix units" in err and "--dtype fp32" in err) != units
+    assert (f"no {dtype} matrix units" in err and "--dtype fp32" in err) != units
     assert main(argv) == 0  # fp32: never
     assert "matrix units" not in capsys.readouterr().err
 

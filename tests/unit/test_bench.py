@@ -131,6 +131,17 @@ def test_causal_attention_leaves_other_inputs_to_sdpa(monkeypatch):
     assert cpu_kernels.causal_attention(b, b, b) is None
 
 
+def test_causal_attention_under_compile_asks_nothing_of_the_cpu(monkeypatch):
+    # Compiling is tested first: a compiled bf16 step never traces the CPU capability query.
+    def untraceable():
+        raise AssertionError("queried the CPU while compiling")
+
+    monkeypatch.setattr(cpu_kernels, "cpu_has_bf16_matmul", untraceable)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    b = torch.randn(1, 2, 8, 4).bfloat16()
+    assert cpu_kernels.causal_attention(b, b, b) is None
+
+
 def test_keep_freed_memory_reports_and_respects_the_switch(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_kept", None)
     monkeypatch.setenv("LLAMAFORGE_MALLOC", "0")
@@ -225,6 +236,10 @@ def test_transposed_copy_in_row_blocks_is_the_contiguous_transpose(monkeypatch, 
     for source in (m, m[:, 1:4], m.t()):  # contiguous, a column block, a transposed view
         out = cpu_kernels.transposed_copy(source)
         assert out.is_contiguous() and torch.equal(out, source.t())
+    wide = torch.zeros(6, 14)
+    written = cpu_kernels.transposed_copy(m, out=wide[:, 2:12])  # into a column block of a wider matrix
+    assert written.data_ptr() == wide[:, 2:12].data_ptr() and torch.equal(wide[:, 2:12], m.t())
+    assert not wide[:, :2].any() and not wide[:, 12:].any()
 
 
 def test_decode_layout_lasts_one_generation_and_keeps_training_exact():
