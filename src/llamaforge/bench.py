@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .cpu_kernels import keep_freed_memory, onednn_matmuls, use_decode_layout
+from .cpu_kernels import cpu_has_bf16_matmul, keep_freed_memory, onednn_matmuls, use_decode_layout
 from .model import ModelArgs, Transformer
 
 
@@ -642,7 +642,7 @@ def run(
     timer = Timer(dev, repeats, quiet_wait)
     report = {} if report is None else report
     report.update({"environment": environment(dev), "repeats": repeats, "rows": [], "skipped": []})
-    bf16_fast = dev.type == "cuda" or _cpu_has_bf16_matmul()
+    bf16_fast = dev.type == "cuda" or cpu_has_bf16_matmul()
     timer.wait_for_quiet()
     report["matmul_peak"] = {"fp32": matmul_peak(dev, torch.float32, peak_sizes)}
     if dev.type == "cpu" and onednn_matmuls():  # what transformers' (torch's default) kernels reach
@@ -700,12 +700,6 @@ def _has_transformers() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _cpu_has_bf16_matmul() -> bool:
-    from .cpu_kernels import cpu_has_bf16_matmul
-
-    return cpu_has_bf16_matmul()
 
 
 def _slow_bf16_rate(device: torch.device) -> float:
